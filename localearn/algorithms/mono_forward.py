@@ -1,0 +1,151 @@
+"""Mono-Forward (Gong, Li and Abdulla, arXiv 2501.09238, 2025).
+
+Every hidden unit i gets a projection matrix M_i (num_classes x n_i) and learns from its own
+cross-entropy; nothing crosses a unit boundary:
+
+    a_0 = x
+    a_i = f_i(a_{i-1}.detach())                  (unit i: W_i, b_i and its activation)
+    G_i = a_i M_i^T                              ("goodness" scores, [batch, num_classes])
+    L_i = CrossEntropy(G_i, y)                   updates (W_i, b_i, M_i) only
+    prediction: argmax G_L  (option: argmax sum_i G_i)
+
+Mapping onto an nn.Sequential [unit_1, ..., unit_L, head]: the head (the network's last child) maps a_L to
+class scores and so *is* M_L, the projection of the last hidden unit; units 1..L-1 get auxiliary
+bias-free projections (Kaiming-uniform, as nn.Linear). On a 2x1000 MLP this gives exactly the paper's
+W_1, M_1, W_2, M_2, and backprop trains the same network without M_1.
+
+Schedules (research notes, anchors_ff_mf.md section 2a; the sources disagree, so both are here):
+- ``simultaneous`` (default): every unit takes its local step on every batch (the paper's Algorithm 1).
+- ``sequential``: unit 1 is trained to its stopping point, frozen, then unit 2, ... The frozen prefix is
+  recomputed under no_grad on every batch. The Trainer applies its stopping rule to each stage; while a
+  stage runs, predictions come from that stage's projection (its local readout).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Algorithm, OptimizerConfig, check_choice, make_optimizer, units_of
+
+
+@dataclasses.dataclass
+class MonoForwardConfig(OptimizerConfig):
+    schedule: str = "simultaneous"  # simultaneous | sequential
+    prediction: str = "last"  # last: argmax G_L | sum: argmax sum_i G_i
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("schedule", self.schedule, ("simultaneous", "sequential"))
+        check_choice("prediction", self.prediction, ("last", "sum"))
+
+
+def _projection(unit: nn.Module, unit_output_shape: tuple[int, ...] | None, num_classes: int) -> nn.Module:
+    """M_i for one unit: flatten the unit's output and map it to class scores, no bias."""
+    if unit_output_shape is not None:
+        features = 1
+        for d in unit_output_shape:
+            features *= d
+    else:
+        linears = [m for m in unit.modules() if isinstance(m, nn.Linear)]
+        if not linears or any(isinstance(m, nn.modules.conv._ConvNd) for m in unit.modules()):
+            raise ValueError(
+                "mono_forward cannot infer the output size of a unit without a final nn.Linear; "
+                "pass input_shape=... to make() (the CLI and Trainer do)"
+            )
+        features = linears[-1].out_features
+    return nn.Sequential(nn.Flatten(), nn.Linear(features, num_classes, bias=False))
+
+
+class MonoForward(Algorithm):
+    name = "mono_forward"
+    Config = MonoForwardConfig
+
+    def __init__(self, net: nn.Module, num_classes: int, **kwargs: Any) -> None:
+        super().__init__(net, num_classes, **kwargs)
+        units = units_of(net, self.name)
+        # Output shape of every unit, from one dry pass when the input shape is known (needed for conv units).
+        shapes: list[tuple[int, ...] | None] = [None] * len(units)
+        if self.input_shape is not None:
+            with torch.no_grad():
+                a = torch.zeros(1, *self.input_shape, device=self.device)
+                for i, unit in enumerate(units):
+                    a = unit(a)
+                    shapes[i] = tuple(a.shape[1:])
+            if shapes[-1] != (num_classes,):
+                raise ValueError(
+                    f"the network's last unit gives outputs of shape {shapes[-1]}, expected ({num_classes},)"
+                )
+        # Local groups: (unit, its projection). The head is the projection of the last hidden unit.
+        self.projections = nn.ModuleList(
+            _projection(units[i], shapes[i], num_classes) for i in range(len(units) - 2)
+        ).to(self.device)
+        self.aux["projections"] = self.projections
+        if len(units) >= 2:
+            self.groups = [(units[i], self.projections[i]) for i in range(len(units) - 2)]
+            self.groups.append((units[-2], units[-1]))
+        else:  # a single linear map: one local group that is its own readout
+            self.groups = [(units[0], nn.Identity())]
+        self.num_stages = len(self.groups) if self.config.schedule == "sequential" else 1
+        self.optimizers = self._optimizers_for_stage(0)
+
+    def _optimizers_for_stage(self, stage: int) -> list[torch.optim.Optimizer]:
+        c = self.config
+        active = [self.groups[stage]] if c.schedule == "sequential" else self.groups
+        return [
+            make_optimizer(c.optimizer, [*unit.parameters(), *proj.parameters()], c.lr, c.weight_decay, c.momentum)
+            for unit, proj in active
+        ]
+
+    @property
+    def _trainable(self) -> range:
+        """Indices of the groups that learn now: all of them, or the current stage's one."""
+        if self.config.schedule == "sequential":
+            return range(self.stage, self.stage + 1)
+        return range(len(self.groups))
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        trainable = self._trainable
+        a = x
+        with torch.no_grad():  # the frozen prefix of the sequential schedule
+            for unit, _ in self.groups[: trainable.start]:
+                a = unit(a)
+        stats: dict[str, torch.Tensor] = {}
+        total = 0.0
+        for i in trainable:
+            unit, proj = self.groups[i]
+            a = unit(a.detach())  # the unit boundary: no gradient flows to earlier units
+            loss = F.cross_entropy(proj(a), y)
+            stats[f"loss_unit{i + 1}"] = loss.detach()
+            total = total + loss
+        # The losses live on disjoint graphs (detach above), so one backward gives every unit its own
+        # local gradient and nothing else.
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        total.backward()
+        for opt in self.optimizers:
+            opt.step()
+        stats["loss"] = stats[f"loss_unit{trainable.stop}"]  # the readout's loss, comparable to backprop's
+        return stats
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        # While a sequential stage runs, later units are untrained: read out from the current one.
+        last = self._trainable.stop
+        a, total = x, None
+        for unit, proj in self.groups[:last]:
+            a = unit(a)
+            if self.config.prediction == "sum":
+                scores = proj(a)
+                total = scores if total is None else total + scores
+        return total if self.config.prediction == "sum" else self.groups[last - 1][1](a)
+
+    def advance_stage(self) -> None:
+        if self.stage + 1 >= self.num_stages:
+            raise RuntimeError(f"{self.name} is already at its last stage ({self.num_stages})")
+        self.stage += 1
+        self.optimizers = self._optimizers_for_stage(self.stage)

@@ -1,0 +1,1 @@
+"""The command line and its presets: ``python -m localearn.experiments --help``."""

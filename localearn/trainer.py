@@ -1,0 +1,455 @@
+"""The one training loop shared by every algorithm.
+
+    fit
+     |- check inputs (shapes, classes, devices)            nothing is written before this passes
+     |- on_fit_start(trainer)
+     |- for each epoch:
+     |    |- on_epoch_start(trainer)
+     |    |- for each shuffled batch: algo.train_step(x, y); on_batch_end(trainer, stats)
+     |    |- validation accuracy and loss with algo.predict
+     |    |- the stopping rule (same for all algorithms; applied per stage for staged rules)
+     |    '- on_epoch_end(trainer, record)                 meters, metrics.jsonl, checkpoint.pt, progress
+     |- restore the best-validation state; test set, once
+     '- on_fit_end(trainer, result)                        result.json
+
+Metering, logging, checkpointing, progress and pruning are callbacks; none of it lives in an algorithm.
+``train_seconds`` counts training and per-epoch validation only (not checkpoint I/O, not the test set).
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import json
+import logging
+import math
+import os
+import platform
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from .algorithms.base import Algorithm
+from .data import DataSplit, iterate_batches
+
+log = logging.getLogger(__name__)
+
+MONITORS = {"val_accuracy": "max", "val_loss": "min"}
+
+
+class DivergenceError(RuntimeError):
+    """Training produced a non-finite loss."""
+
+
+@dataclasses.dataclass
+class Result:
+    algorithm: str
+    dataset: str
+    model: str
+    epochs: int  # epochs run, summed over stages
+    best_epoch: int
+    seed: int
+    device: str
+    test_accuracy: float
+    test_loss: float
+    best_val_accuracy: float | None
+    train_seconds: float
+    stop_reason: str
+    hyperparameters: dict[str, Any]
+    extra: dict[str, Any] = dataclasses.field(default_factory=dict)  # added by callbacks (energy, memory)
+
+    def to_dict(self) -> dict[str, Any]:
+        d = dataclasses.asdict(self)
+        d.update(d.pop("extra"))
+        return d
+
+
+class Callback:
+    """Hooks into the loop. Override what you need; a callback may add entries to an epoch's record."""
+
+    def on_fit_start(self, trainer: Trainer) -> None: ...
+    def on_epoch_start(self, trainer: Trainer) -> None: ...
+    def on_batch_end(self, trainer: Trainer, stats: dict[str, Any]) -> None: ...
+    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None: ...
+    def on_fit_end(self, trainer: Trainer, result: Result) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def atomic_write_bytes(path: Path, write: Any) -> None:
+    """Write via a temporary name in the same directory, then rename: a kill never leaves half a file."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "wb") as f:
+        write(f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    atomic_write_bytes(path, lambda f: f.write((json.dumps(obj, indent=2, default=str) + "\n").encode()))
+
+
+def environment_info() -> dict[str, str]:
+    from . import __version__
+
+    return {
+        "localearn": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cuda": torch.version.cuda or "none",
+    }
+
+
+class Trainer:
+    """Train ``algo`` on device-resident splits under one stopping rule; see the module docstring.
+
+    Args:
+        epochs: epoch cap (per stage for staged rules).
+        patience: epochs without improvement of ``monitor`` (by more than ``min_delta``) before stopping;
+            None disables early stopping (the cap alone ends the run).
+        run_dir: where config.json, metrics.jsonl, checkpoint.pt and result.json go; None writes nothing.
+        resume: continue from run_dir/checkpoint.pt (a finished run returns its saved result).
+        run_info: descriptive entries for config.json and result.json (dataset, model, ...).
+    """
+
+    def __init__(
+        self,
+        algo: Algorithm,
+        train: DataSplit,
+        val: DataSplit,
+        test: DataSplit,
+        *,
+        epochs: int = 20,
+        batch_size: int = 128,
+        patience: int | None = 10,
+        min_delta: float = 0.0,
+        monitor: str = "val_accuracy",
+        seed: int = 0,
+        run_dir: str | os.PathLike | None = None,
+        resume: bool = False,
+        callbacks: Sequence[Callback] = (),
+        progress: bool = True,
+        eval_batch_size: int = 1024,
+        run_info: dict[str, Any] | None = None,
+    ) -> None:
+        if monitor not in MONITORS:
+            raise ValueError(f"monitor={monitor!r} is not valid; choose one of: {', '.join(MONITORS)}")
+        for name, value in (("epochs", epochs), ("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+            if not isinstance(value, int) or value < 1:
+                raise ValueError(f"{name}={value!r} must be a positive integer")
+        if patience is not None and patience < 1:
+            raise ValueError(f"patience={patience!r} must be >= 1, or None to disable early stopping")
+        self.algo, self.train_split, self.val_split, self.test_split = algo, train, val, test
+        self.epochs, self.batch_size, self.eval_batch_size = epochs, batch_size, eval_batch_size
+        self.patience, self.min_delta, self.monitor, self.seed = patience, min_delta, monitor, seed
+        self.run_dir = Path(run_dir) if run_dir is not None else None
+        self.resume = resume
+        self.run_info = dict(run_info or {})
+        self.run_info.setdefault("dataset", train.name)
+        self.run_info.setdefault("model", type(algo.net).__name__)
+
+        from .callbacks import Checkpointer, MetricsLogger, ProgressBar  # callbacks import this module
+
+        # User callbacks run first so that what they add to a record reaches metrics.jsonl and the checkpoint.
+        self.callbacks: list[Callback] = list(callbacks)
+        if self.run_dir is not None:
+            self.callbacks += [MetricsLogger(self.run_dir / "metrics.jsonl"), Checkpointer(self.run_dir)]
+        if progress:
+            self.callbacks.append(ProgressBar())
+
+        # Loop state: everything here goes into the checkpoint.
+        self.generator = torch.Generator().manual_seed(seed)
+        self.epoch = 0  # epochs run, all stages
+        self.stage_epoch = 0
+        self.best_metric: float | None = None
+        self.best_epoch = 0
+        self.best_val_accuracy: float | None = None
+        self.bad_epochs = 0
+        self.best_state: dict[str, Any] | None = None
+        self.train_seconds = 0.0
+        self.finished = False
+        self.stop_reason = ""
+
+    # -- configuration -------------------------------------------------------------------------------
+    def config(self) -> dict[str, Any]:
+        """Everything needed to rerun this run (written to config.json)."""
+        mode = MONITORS[self.monitor]
+        return {
+            **self.run_info,
+            "algorithm": self.algo.name,
+            "hyperparameters": self.algo.hyperparameters(),
+            "seed": self.seed,
+            "device": str(self.algo.device),
+            "data": {
+                "dataset": self.train_split.name,
+                "train": len(self.train_split),
+                "val": len(self.val_split),
+                "test": len(self.test_split),
+                "input_shape": list(self.train_split.input_shape),
+                "num_classes": self.train_split.num_classes,
+                "augment": "crop+flip" if self.train_split.augment else "none",
+            },
+            "trainer": {
+                "epochs": self.epochs,
+                "epochs_apply_to": "each stage" if self.algo.num_stages > 1 else "the run",
+                "num_stages": self.algo.num_stages,
+                "batch_size": self.batch_size,
+                "stopping_rule": {
+                    "monitor": self.monitor,
+                    "mode": mode,
+                    "patience": self.patience,
+                    "min_delta": self.min_delta,
+                    "restore_best": True,
+                },
+            },
+            "versions": environment_info(),
+            "command": " ".join(sys.argv),
+        }
+
+    # -- checks ----------------------------------------------------------------------------------------
+    def _check_inputs(self) -> None:
+        algo, train = self.algo, self.train_split
+        for split in (self.val_split, self.test_split):
+            if split.input_shape != train.input_shape:
+                raise ValueError(f"{split.name}: input shape {split.input_shape} != train {train.input_shape}")
+        if train.num_classes != algo.num_classes:
+            raise ValueError(
+                f"the data has {train.num_classes} classes but the algorithm was built for {algo.num_classes}"
+            )
+        if len(train) == 0 or len(self.test_split) == 0:
+            raise ValueError(f"empty split: train {len(train)}, test {len(self.test_split)} examples")
+        if train.device != algo.device:
+            raise ValueError(
+                f"the data is on {train.device} but the network is on {algo.device}; "
+                "load the data and build the network on the same device"
+            )
+        algo.train(False)
+        try:
+            scores = algo.predict(train.x[:2])
+        except RuntimeError as e:
+            raise ValueError(
+                f"the network does not accept the data's inputs of shape {tuple(train.input_shape)}: {e}"
+            ) from e
+        if tuple(scores.shape) != (min(2, len(train)), algo.num_classes):
+            raise ValueError(f"the network gives scores of shape {tuple(scores.shape)}, expected "
+                             f"[batch, {algo.num_classes}]")
+
+    # -- the loop ----------------------------------------------------------------------------------------
+    def fit(self) -> Result:
+        self._check_inputs()
+        if self.run_dir is not None:
+            done = self._prepare_run_dir()
+            if done is not None:
+                return done
+        for cb in self.callbacks:
+            cb.on_fit_start(self)
+        while not self.finished:
+            self._run_epoch()
+        if self.best_state is not None:
+            self.algo.load_state_dict(self.best_state)
+        test_accuracy, test_loss = self.evaluate(self.test_split)
+        result = Result(
+            algorithm=self.algo.name,
+            dataset=str(self.run_info["dataset"]),
+            model=str(self.run_info["model"]),
+            epochs=self.epoch,
+            best_epoch=self.best_epoch,
+            seed=self.seed,
+            device=str(self.algo.device),
+            test_accuracy=test_accuracy,
+            test_loss=test_loss,
+            best_val_accuracy=self.best_val_accuracy,
+            train_seconds=self.train_seconds,
+            stop_reason=self.stop_reason,
+            hyperparameters=self.algo.hyperparameters(),
+            extra={
+                "batch_size": self.batch_size,
+                "augment": "crop+flip" if self.train_split.augment else "none",
+                "stopping_rule": self.config()["trainer"]["stopping_rule"],
+            },
+        )
+        for cb in self.callbacks:
+            cb.on_fit_end(self, result)
+        if self.run_dir is not None:
+            atomic_write_json(self.run_dir / "result.json", result.to_dict())
+        log.info("%s on %s: test accuracy %.4f after %d epochs, %.1f s",
+                 result.algorithm, result.dataset, test_accuracy, self.epoch, self.train_seconds)
+        return result
+
+    def _run_epoch(self) -> None:
+        algo = self.algo
+        self.epoch += 1
+        self.stage_epoch += 1
+        for cb in self.callbacks:
+            cb.on_epoch_start(self)
+        _sync(algo.device)
+        start = time.perf_counter()
+        algo.train(True)
+        sums: dict[str, torch.Tensor | float] = {}
+        batches = 0
+        for x, y in iterate_batches(self.train_split, self.batch_size, shuffle=True, generator=self.generator):
+            stats = algo.train_step(x, y)
+            for k, v in stats.items():  # tensors stay on the device: no sync per step
+                sums[k] = sums.get(k, 0.0) + (v.detach() if isinstance(v, torch.Tensor) else v)
+            batches += 1
+            for cb in self.callbacks:
+                cb.on_batch_end(self, stats)
+        train_stats = {f"train_{k}": float(v) / batches for k, v in sums.items()}
+        bad = {k: v for k, v in train_stats.items() if not math.isfinite(v)}
+        if bad:
+            raise DivergenceError(
+                f"{algo.name} diverged in epoch {self.epoch}: {bad}; try a smaller lr "
+                f"(now {algo.hyperparameters().get('lr')}). Files written so far are kept"
+                + (f" in {self.run_dir}" if self.run_dir else "")
+            )
+        val_accuracy, val_loss = self.evaluate(self.val_split) if len(self.val_split) else (None, None)
+        _sync(algo.device)
+        seconds = time.perf_counter() - start
+        self.train_seconds += seconds
+        record: dict[str, Any] = {
+            "epoch": self.epoch,
+            "stage": algo.stage + 1,
+            "stage_epoch": self.stage_epoch,
+            **train_stats,
+            "val_accuracy": val_accuracy,
+            "val_loss": val_loss,
+            "seconds": seconds,
+        }
+        self._apply_stopping_rule(record)
+        for cb in self.callbacks:
+            cb.on_epoch_end(self, record)
+
+    def _apply_stopping_rule(self, record: dict[str, Any]) -> None:
+        """One rule for every algorithm; staged rules start the next stage where a run would stop."""
+        metric = record[self.monitor]
+        if metric is None:  # no validation split: the cap alone decides, the last state is kept
+            improved = True
+        elif self.best_metric is None:
+            improved = True
+        elif MONITORS[self.monitor] == "max":
+            improved = metric > self.best_metric + self.min_delta
+        else:
+            improved = metric < self.best_metric - self.min_delta
+        record["improved"] = improved
+        if improved:
+            self.best_metric, self.best_epoch, self.bad_epochs = metric, self.epoch, 0
+            self.best_val_accuracy = record["val_accuracy"]
+            if metric is not None:
+                self.best_state = copy.deepcopy(self.algo.state_dict())
+        else:
+            self.bad_epochs += 1
+        if self.patience is not None and self.bad_epochs >= self.patience:
+            reason = f"no improvement of {self.monitor} for {self.patience} epochs"
+        elif self.stage_epoch >= self.epochs:
+            reason = f"epoch cap {self.epochs}" + (" per stage" if self.algo.num_stages > 1 else "")
+        else:
+            return
+        if self.algo.stage + 1 < self.algo.num_stages:
+            log.info("stage %d ends (%s); best epoch %d", self.algo.stage + 1, reason, self.best_epoch)
+            record["stage_end"] = reason
+            if self.best_state is not None:
+                self.algo.load_state_dict(self.best_state)
+            self.algo.advance_stage()
+            # The next stage is judged on its own: its readout is a different classifier.
+            self.stage_epoch, self.best_metric, self.bad_epochs, self.best_state = 0, None, 0, None
+        else:
+            self.finished, self.stop_reason = True, reason
+
+    @torch.no_grad()
+    def evaluate(self, split: DataSplit) -> tuple[float, float]:
+        """Accuracy and mean cross-entropy of ``algo.predict``'s scores on a split."""
+        self.algo.train(False)
+        correct = torch.zeros((), dtype=torch.long, device=split.device)
+        loss = torch.zeros((), device=split.device)
+        for x, y in iterate_batches(split, self.eval_batch_size):
+            scores = self.algo.predict(x)
+            correct += (scores.argmax(1) == y).sum()
+            loss += F.cross_entropy(scores.float(), y, reduction="sum")
+        n = len(split)
+        return correct.item() / n, loss.item() / n
+
+    # -- run directory and resume -------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "algo": self.algo.state_dict(),
+            "best_state": self.best_state,
+            "loop": {
+                k: getattr(self, k)
+                for k in ("epoch", "stage_epoch", "best_metric", "best_epoch", "best_val_accuracy",
+                          "bad_epochs", "train_seconds", "finished", "stop_reason")
+            },
+            "generator": self.generator.get_state(),
+            "torch_rng": torch.get_rng_state(),
+            "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "callbacks": [cb.state_dict() for cb in self.callbacks],
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.algo.load_state_dict(state["algo"])
+        self.best_state = state["best_state"]
+        for k, v in state["loop"].items():
+            setattr(self, k, v)
+        self.generator.set_state(state["generator"])
+        torch.set_rng_state(state["torch_rng"])
+        if state["cuda_rng"]:
+            torch.cuda.set_rng_state_all(state["cuda_rng"])
+        for cb, cb_state in zip(self.callbacks, state["callbacks"], strict=False):
+            cb.load_state_dict(cb_state)
+
+    def _prepare_run_dir(self) -> Result | None:
+        """Create the run directory, or pick up where an interrupted run left off."""
+        assert self.run_dir is not None
+        config = self.config()
+        checkpoint = self.run_dir / "checkpoint.pt"
+        if self.resume and (self.run_dir / "config.json").exists():
+            saved = json.loads((self.run_dir / "config.json").read_text())
+            ignored = {"versions", "command"}
+            differ = sorted(
+                k for k in set(saved) | set(config)
+                if k not in ignored and json.dumps(saved.get(k), default=str) != json.dumps(config.get(k), default=str)
+            )
+            if differ:
+                raise ValueError(f"cannot resume {self.run_dir}: its config differs in {', '.join(differ)}")
+            if (self.run_dir / "result.json").exists():
+                log.info("%s already finished; returning its result", self.run_dir)
+                return _result_from_dict(json.loads((self.run_dir / "result.json").read_text()))
+            if checkpoint.exists():
+                self.load_state_dict(torch.load(checkpoint, map_location=self.algo.device, weights_only=False))
+                _truncate_metrics(self.run_dir / "metrics.jsonl", self.epoch)
+                log.info("resuming %s after epoch %d", self.run_dir, self.epoch)
+                return None
+        elif self.run_dir.exists() and any(self.run_dir.iterdir()):
+            raise FileExistsError(f"run directory {self.run_dir} is not empty; pass resume=True to continue it")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
+        atomic_write_json(self.run_dir / "config.json", config)
+        return None
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def _truncate_metrics(path: Path, last_epoch: int) -> None:
+    """Drop lines written after the checkpoint (a kill between the two writes), so no epoch appears twice."""
+    if not path.exists():
+        return
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+    kept = [ln for ln in lines if json.loads(ln)["epoch"] <= last_epoch]
+    atomic_write_bytes(path, lambda f: f.write("".join(ln + "\n" for ln in kept).encode()))
+
+
+def _result_from_dict(d: dict[str, Any]) -> Result:
+    names = {f.name for f in dataclasses.fields(Result)} - {"extra"}
+    return Result(**{k: d[k] for k in names}, extra={k: v for k, v in d.items() if k not in names})

@@ -1,0 +1,30 @@
+import pytest
+import torch
+
+from localearn.data import DataSplit
+
+CLASSES = ["a", "b", "c", "d"]
+
+
+def gaussian_blobs(n: int, seed: int, features: int = 20) -> DataSplit:
+    """Four well-separated Gaussian classes: every rule should learn them far above chance in a few epochs."""
+    centers = torch.randn(len(CLASSES), features, generator=torch.Generator().manual_seed(1234)) * 2
+    g = torch.Generator().manual_seed(seed)
+    y = torch.randint(0, len(CLASSES), (n,), generator=g)
+    x = centers[y] + torch.randn(n, features, generator=g)
+    return DataSplit(x, y, list(CLASSES), "blobs")
+
+
+@pytest.fixture
+def blobs():
+    return gaussian_blobs(512, 1), gaussian_blobs(128, 2), gaussian_blobs(256, 3)
+
+
+@pytest.fixture
+def image_blobs():
+    """The same task shaped as 3x8x8 images, for convolutional units."""
+    splits = []
+    for n, seed in ((256, 1), (64, 2), (64, 3)):
+        s = gaussian_blobs(n, seed, features=3 * 8 * 8)
+        splits.append(DataSplit(s.x.view(n, 3, 8, 8), s.y, s.classes, "image_blobs"))
+    return splits

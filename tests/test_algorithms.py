@@ -1,0 +1,132 @@
+"""The contract every registered algorithm keeps; a new algorithm is tested by this file with no edits."""
+
+import copy
+
+import pytest
+import torch
+
+import localearn as ll
+from localearn.algorithms import ALGORITHMS, HyperparameterError, make
+
+ALL = sorted(ALGORITHMS)
+
+
+def build(name, features=20, hidden=(32, 32), classes=4, **hp):
+    torch.manual_seed(0)
+    net = ll.models.mlp(features, list(hidden), classes)
+    return make(name, net, classes, input_shape=(features,), **hp)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_train_step_and_predict_shapes(name, blobs):
+    train, _, _ = blobs
+    algo = build(name)
+    stats = algo.train_step(train.x[:32], train.y[:32])
+    assert "loss" in stats and torch.isfinite(torch.as_tensor(stats["loss"]))
+    scores = algo.predict(train.x[:5])
+    assert scores.shape == (5, 4)
+    assert not scores.requires_grad
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_train_step_changes_every_trainable_unit(name, blobs):
+    train, _, _ = blobs
+    algo = build(name)
+    before = copy.deepcopy(algo.net.state_dict())
+    algo.train_step(train.x[:64], train.y[:64])
+    changed = {k for k, v in algo.net.state_dict().items() if not torch.equal(v, before[k])}
+    # Every unit's weights move on a step (staged rules: the first unit at least).
+    first_unit = {k for k in before if k.startswith("0.")}
+    assert first_unit <= changed
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_learns_above_chance(name, blobs):
+    train, val, test = blobs
+    result = ll.Trainer(build(name), train, val, test, epochs=8, batch_size=32, progress=False).fit()
+    assert result.test_accuracy > 0.9  # chance is 0.25
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_learns_on_a_cnn(name, image_blobs):
+    train, val, test = image_blobs
+    torch.manual_seed(0)
+    net = ll.models.cnn(3, 4, channels=(8, 8), image_size=8)
+    algo = make(name, net, 4, input_shape=train.input_shape)
+    result = ll.Trainer(algo, train, val, test, epochs=6, batch_size=32, progress=False).fit()
+    assert result.test_accuracy > 0.6
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_state_dict_round_trip_continues_identically(name, blobs):
+    """Save after a few steps, load into a fresh instance: the next steps and predictions are identical."""
+    train, _, _ = blobs
+    a = build(name)
+    for i in range(3):
+        a.train_step(train.x[i * 32:(i + 1) * 32], train.y[i * 32:(i + 1) * 32])
+    state = copy.deepcopy(a.state_dict())
+    b = build(name)
+    b.load_state_dict(state)
+    xb, yb = train.x[100:164], train.y[100:164]
+    a.train_step(xb, yb)
+    b.train_step(xb, yb)
+    assert torch.equal(a.predict(train.x), b.predict(train.x))
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_unknown_hyperparameter_lists_valid_ones(name):
+    with pytest.raises(HyperparameterError, match="valid: .*lr"):
+        build(name, not_a_hparam=1)
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_bad_hyperparameter_values(name):
+    with pytest.raises(HyperparameterError, match="lr"):
+        build(name, lr=-1.0)
+    with pytest.raises(HyperparameterError, match="adam, adamw, sgd"):
+        build(name, optimizer="rmsprop")
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_search_space_gives_accepted_hyperparameters(name):
+    optuna = pytest.importorskip("optuna")
+    trial = optuna.trial.FixedTrial({"lr": 1e-3, "weight_decay": 1e-5})
+    params = ALGORITHMS[name].search_space(trial)
+    build(name, **params)  # accepted by make
+
+
+@pytest.mark.parametrize("name", ["backprop", "mono_forward"])
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
+def test_optimizer_choice(name, optimizer, blobs):
+    algo = build(name, optimizer=optimizer)
+    assert all(type(o).__name__.lower() == optimizer for o in algo.optimizers)
+    algo.train_step(blobs[0].x[:16], blobs[0].y[:16])
+
+
+def test_unknown_algorithm_lists_valid_ones():
+    with pytest.raises(KeyError, match="backprop"):
+        make("no_such_rule", ll.models.mlp(4, [4], 2), 2)
+
+
+def test_local_rule_refuses_a_non_sequential_network():
+    class Net(torch.nn.Module):
+        def forward(self, x):
+            return x
+
+    with pytest.raises(TypeError, match="nn.Sequential"):
+        make("mono_forward", Net(), 2)
+
+
+def test_backprop_trains_any_module(blobs):
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = torch.nn.Linear(20, 16), torch.nn.Linear(16, 4)
+
+        def forward(self, x):
+            return self.b(torch.relu(self.a(x)))
+
+    train, val, test = blobs
+    torch.manual_seed(0)
+    algo = make("backprop", Net(), 4)
+    assert ll.Trainer(algo, train, val, test, epochs=5, batch_size=32, progress=False).fit().test_accuracy > 0.9
