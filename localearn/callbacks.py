@@ -47,9 +47,14 @@ class ProgressBar(Callback):
 
     def on_epoch_start(self, trainer: Trainer) -> None:
         batches = -(-len(trainer.train_split) // trainer.batch_size)
-        stage = f" stage {trainer.algo.stage + 1}/{trainer.algo.num_stages}" if trainer.algo.num_stages > 1 else ""
-        self.bar = tqdm(total=batches, desc=f"epoch {trainer.epoch}{stage}", unit="batch", leave=True,
-                        dynamic_ncols=True)
+        stage = (
+            f" stage {trainer.algo.stage + 1}/{trainer.algo.num_stages}"
+            if trainer.algo.num_stages > 1
+            else ""
+        )
+        self.bar = tqdm(
+            total=batches, desc=f"epoch {trainer.epoch}{stage}", unit="batch", leave=True, dynamic_ncols=True
+        )
 
     def on_batch_end(self, trainer: Trainer, stats: dict[str, Any]) -> None:
         self.bar.update()

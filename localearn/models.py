@@ -79,7 +79,7 @@ MODEL_KINDS = ("mlp", "cnn")
 
 
 def from_spec(spec: str, input_shape: Sequence[int], num_classes: int) -> nn.Sequential:
-    """Build a network from a short text spec: ``mlp:1000,1000`` (hidden sizes) or ``cnn:64,128,256`` (channels).
+    """Build a network from a text spec: ``mlp:1000,1000`` (hidden sizes) or ``cnn:64,128,256`` (channels).
 
     Used by the command line; the spec is recorded in every result so the run can be rebuilt.
     """
@@ -89,7 +89,9 @@ def from_spec(spec: str, input_shape: Sequence[int], num_classes: int) -> nn.Seq
     try:
         widths = [int(s) for s in sizes.split(",")] if sizes else None
     except ValueError:
-        raise ValueError(f"model {spec!r}: sizes must be integers separated by commas, e.g. {kind}:1000,1000") from None
+        raise ValueError(
+            f"model {spec!r}: sizes must be integers separated by commas, e.g. {kind}:1000,1000"
+        ) from None
     if kind == "mlp":
         features = 1
         for d in input_shape:

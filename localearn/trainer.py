@@ -144,7 +144,11 @@ class Trainer:
     ) -> None:
         if monitor not in MONITORS:
             raise ValueError(f"monitor={monitor!r} is not valid; choose one of: {', '.join(MONITORS)}")
-        for name, value in (("epochs", epochs), ("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
+        for name, value in (
+            ("epochs", epochs),
+            ("batch_size", batch_size),
+            ("eval_batch_size", eval_batch_size),
+        ):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive integer")
         if patience is not None and patience < 1:
@@ -221,7 +225,9 @@ class Trainer:
         algo, train = self.algo, self.train_split
         for split in (self.val_split, self.test_split):
             if split.input_shape != train.input_shape:
-                raise ValueError(f"{split.name}: input shape {split.input_shape} != train {train.input_shape}")
+                raise ValueError(
+                    f"{split.name}: input shape {split.input_shape} != train {train.input_shape}"
+                )
         if train.num_classes != algo.num_classes:
             raise ValueError(
                 f"the data has {train.num_classes} classes but the algorithm was built for {algo.num_classes}"
@@ -241,8 +247,10 @@ class Trainer:
                 f"the network does not accept the data's inputs of shape {tuple(train.input_shape)}: {e}"
             ) from e
         if tuple(scores.shape) != (min(2, len(train)), algo.num_classes):
-            raise ValueError(f"the network gives scores of shape {tuple(scores.shape)}, expected "
-                             f"[batch, {algo.num_classes}]")
+            raise ValueError(
+                f"the network gives scores of shape {tuple(scores.shape)}, expected "
+                f"[batch, {algo.num_classes}]"
+            )
 
     # -- the loop ----------------------------------------------------------------------------------------
     def fit(self) -> Result:
@@ -282,8 +290,14 @@ class Trainer:
             cb.on_fit_end(self, result)
         if self.run_dir is not None:
             atomic_write_json(self.run_dir / "result.json", result.to_dict())
-        log.info("%s on %s: test accuracy %.4f after %d epochs, %.1f s",
-                 result.algorithm, result.dataset, test_accuracy, self.epoch, self.train_seconds)
+        log.info(
+            "%s on %s: test accuracy %.4f after %d epochs, %.1f s",
+            result.algorithm,
+            result.dataset,
+            test_accuracy,
+            self.epoch,
+            self.train_seconds,
+        )
         return result
 
     def _run_epoch(self) -> None:
@@ -297,7 +311,9 @@ class Trainer:
         algo.train(True)
         sums: dict[str, torch.Tensor | float] = {}
         batches = 0
-        for x, y in iterate_batches(self.train_split, self.batch_size, shuffle=True, generator=self.generator):
+        for x, y in iterate_batches(
+            self.train_split, self.batch_size, shuffle=True, generator=self.generator
+        ):
             stats = algo.train_step(x, y)
             for k, v in stats.items():  # tensors stay on the device: no sync per step
                 sums[k] = sums.get(k, 0.0) + (v.detach() if isinstance(v, torch.Tensor) else v)
@@ -385,8 +401,17 @@ class Trainer:
             "best_state": self.best_state,
             "loop": {
                 k: getattr(self, k)
-                for k in ("epoch", "stage_epoch", "best_metric", "best_epoch", "best_val_accuracy",
-                          "bad_epochs", "train_seconds", "finished", "stop_reason")
+                for k in (
+                    "epoch",
+                    "stage_epoch",
+                    "best_metric",
+                    "best_epoch",
+                    "best_val_accuracy",
+                    "bad_epochs",
+                    "train_seconds",
+                    "finished",
+                    "stop_reason",
+                )
             },
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
@@ -415,8 +440,10 @@ class Trainer:
             saved = json.loads((self.run_dir / "config.json").read_text())
             ignored = {"versions", "command"}
             differ = sorted(
-                k for k in set(saved) | set(config)
-                if k not in ignored and json.dumps(saved.get(k), default=str) != json.dumps(config.get(k), default=str)
+                k
+                for k in set(saved) | set(config)
+                if k not in ignored
+                and json.dumps(saved.get(k), default=str) != json.dumps(config.get(k), default=str)
             )
             if differ:
                 raise ValueError(f"cannot resume {self.run_dir}: its config differs in {', '.join(differ)}")
@@ -424,12 +451,16 @@ class Trainer:
                 log.info("%s already finished; returning its result", self.run_dir)
                 return _result_from_dict(json.loads((self.run_dir / "result.json").read_text()))
             if checkpoint.exists():
-                self.load_state_dict(torch.load(checkpoint, map_location=self.algo.device, weights_only=False))
+                self.load_state_dict(
+                    torch.load(checkpoint, map_location=self.algo.device, weights_only=False)
+                )
                 _truncate_metrics(self.run_dir / "metrics.jsonl", self.epoch)
                 log.info("resuming %s after epoch %d", self.run_dir, self.epoch)
                 return None
         elif self.run_dir.exists() and any(self.run_dir.iterdir()):
-            raise FileExistsError(f"run directory {self.run_dir} is not empty; pass resume=True to continue it")
+            raise FileExistsError(
+                f"run directory {self.run_dir} is not empty; pass resume=True to continue it"
+            )
         self.run_dir.mkdir(parents=True, exist_ok=True)
         (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
         atomic_write_json(self.run_dir / "config.json", config)

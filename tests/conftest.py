@@ -28,3 +28,27 @@ def image_blobs():
         s = gaussian_blobs(n, seed, features=3 * 8 * 8)
         splits.append(DataSplit(s.x.view(n, 3, 8, 8), s.y, s.classes, "image_blobs"))
     return splits
+
+
+def write_image_tree(root, classes=4, train_per_class=30, test_per_class=8, size=8, seed=0):
+    """A small ImageFolder tree whose classes differ in colour, so a network can learn them."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    colours = rng.uniform(40, 215, size=(classes, 3))
+    for split, n in (("train", train_per_class), ("test", test_per_class)):
+        for c in range(classes):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True)
+            for i in range(n):
+                pixels = np.clip(colours[c] + rng.normal(0, 30, size=(size, size, 3)), 0, 255).astype(
+                    np.uint8
+                )
+                Image.fromarray(pixels).save(folder / f"{i:03d}.png")
+    return root
+
+
+@pytest.fixture(scope="session")
+def image_tree(tmp_path_factory):
+    return write_image_tree(tmp_path_factory.mktemp("data") / "tiny")

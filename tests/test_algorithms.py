@@ -63,7 +63,7 @@ def test_state_dict_round_trip_continues_identically(name, blobs):
     train, _, _ = blobs
     a = build(name)
     for i in range(3):
-        a.train_step(train.x[i * 32:(i + 1) * 32], train.y[i * 32:(i + 1) * 32])
+        a.train_step(train.x[i * 32 : (i + 1) * 32], train.y[i * 32 : (i + 1) * 32])
     state = copy.deepcopy(a.state_dict())
     b = build(name)
     b.load_state_dict(state)
@@ -129,4 +129,6 @@ def test_backprop_trains_any_module(blobs):
     train, val, test = blobs
     torch.manual_seed(0)
     algo = make("backprop", Net(), 4)
-    assert ll.Trainer(algo, train, val, test, epochs=5, batch_size=32, progress=False).fit().test_accuracy > 0.9
+    assert (
+        ll.Trainer(algo, train, val, test, epochs=5, batch_size=32, progress=False).fit().test_accuracy > 0.9
+    )

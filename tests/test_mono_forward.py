@@ -12,7 +12,9 @@ from localearn.algorithms import make
 
 def mf(hidden=(8, 8), features=6, classes=3, **hp):
     torch.manual_seed(0)
-    return make("mono_forward", ll.models.mlp(features, list(hidden), classes), classes, input_shape=(features,), **hp)
+    return make(
+        "mono_forward", ll.models.mlp(features, list(hidden), classes), classes, input_shape=(features,), **hp
+    )
 
 
 def weight_deltas(name, mutate, x, y, **hp):
@@ -67,9 +69,15 @@ def test_update_equals_hand_computed_local_gradients():
     d2 = (e2 @ Wh) * (z2 > 0)
     gW2, gb2 = d2.T @ a1, d2.sum(0)
     algo.train_step(x, y)
-    for new, old, grad in [(net[0][1].weight, W1, gW1), (net[0][1].bias, b1, gb1), (proj.weight, M1, gM1),
-                           (net[1][0].weight, W2, gW2), (net[1][0].bias, b2, gb2),
-                           (net[2][0].weight, Wh, gWh), (net[2][0].bias, bh, gbh)]:
+    for new, old, grad in [
+        (net[0][1].weight, W1, gW1),
+        (net[0][1].bias, b1, gb1),
+        (proj.weight, M1, gM1),
+        (net[1][0].weight, W2, gW2),
+        (net[1][0].bias, b2, gb2),
+        (net[2][0].weight, Wh, gWh),
+        (net[2][0].bias, bh, gbh),
+    ]:
         torch.testing.assert_close(new, old - 0.5 * grad)
 
 

@@ -163,7 +163,9 @@ class Algorithm:
             raise ValueError(f"state was saved by {state.get('algorithm')!r}, not {self.name!r}")
         # Staged rules rebuild their optimizers per stage, so the stage comes first.
         if state["stage"] < self.stage:
-            raise ValueError(f"state is from stage {state['stage']}, this {self.name} is at stage {self.stage}")
+            raise ValueError(
+                f"state is from stage {state['stage']}, this {self.name} is at stage {self.stage}"
+            )
         while self.stage < state["stage"]:
             self.advance_stage()
         self.net.load_state_dict(state["net"])

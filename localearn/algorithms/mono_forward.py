@@ -97,7 +97,9 @@ class MonoForward(Algorithm):
         c = self.config
         active = [self.groups[stage]] if c.schedule == "sequential" else self.groups
         return [
-            make_optimizer(c.optimizer, [*unit.parameters(), *proj.parameters()], c.lr, c.weight_decay, c.momentum)
+            make_optimizer(
+                c.optimizer, [*unit.parameters(), *proj.parameters()], c.lr, c.weight_decay, c.momentum
+            )
             for unit, proj in active
         ]
 

@@ -30,7 +30,9 @@ def _algorithms_help() -> str:
         fields = ", ".join(f"{f.name}={f.default!r}" for f in dataclasses.fields(cls.Config))
         lines.append(f"  {name:<14} {fields}")
     lines.append(f"datasets: {', '.join(DATASETS)}, or a path to an ImageFolder tree (train/ and test/)")
-    lines.append("example: python -m localearn.experiments mnist --algo mono_forward --hp schedule=sequential")
+    lines.append(
+        "example: python -m localearn.experiments mnist --algo mono_forward --hp schedule=sequential"
+    )
     return "\n".join(lines)
 
 
@@ -42,18 +44,30 @@ def build_parser() -> argparse.ArgumentParser:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("dataset", help=f"{', '.join(DATASETS)}, or a path to an ImageFolder tree")
-    p.add_argument("--algo", required=True, choices=sorted(ALGORITHMS), metavar="NAME",
-                   help=f"one of: {', '.join(sorted(ALGORITHMS))}")
+    p.add_argument(
+        "--algo",
+        required=True,
+        choices=sorted(ALGORITHMS),
+        metavar="NAME",
+        help=f"one of: {', '.join(sorted(ALGORITHMS))}",
+    )
     p.add_argument("--model", help="mlp, mlp:H1,H2,..., cnn or cnn:C1,C2,... (default: the dataset's preset)")
     p.add_argument("--epochs", type=int, help="epoch cap (per stage for staged schedules)")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float, help="learning rate (default: the preset's)")
-    p.add_argument("--hp", action="append", default=[], metavar="NAME=VALUE",
-                   help="any other hyperparameter of the algorithm; repeatable")
+    p.add_argument(
+        "--hp",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="any other hyperparameter of the algorithm; repeatable",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
     p.add_argument("--data-dir", help="where datasets are found (default: $LOCALEARN_DATA, else ./data)")
-    p.add_argument("--cache-dir", help="decoded-image cache (default: $LOCALEARN_CACHE, else ~/.cache/localearn)")
+    p.add_argument(
+        "--cache-dir", help="decoded-image cache (default: $LOCALEARN_CACHE, else ~/.cache/localearn)"
+    )
     p.add_argument("--out", default="runs", help="root of run directories (default: ./runs)")
     p.add_argument("--name", help="run directory name under --out (default: DATASET-ALGO-MODEL-sSEED)")
     p.add_argument("--resume", action="store_true", help="continue the interrupted run in --out/--name")
@@ -62,8 +76,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--monitor", default="val_accuracy", choices=sorted(MONITORS))
     p.add_argument("--val-fraction", type=float, default=0.1)
     aug = p.add_mutually_exclusive_group()
-    aug.add_argument("--augment", dest="augment", action="store_true", default=None,
-                     help="random crop + flip on the device (CIFAR presets turn it on)")
+    aug.add_argument(
+        "--augment",
+        dest="augment",
+        action="store_true",
+        default=None,
+        help="random crop + flip on the device (CIFAR presets turn it on)",
+    )
     aug.add_argument("--no-augment", dest="augment", action="store_false")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
@@ -79,7 +98,9 @@ def parse_hparams(algo: str, items: list[str]) -> dict[str, Any]:
         if not sep:
             raise HyperparameterError(f"--hp {item!r}: expected NAME=VALUE")
         if key not in fields:
-            raise HyperparameterError(f"unknown hyperparameter {key!r} for {algo}; valid: {', '.join(fields)}")
+            raise HyperparameterError(
+                f"unknown hyperparameter {key!r} for {algo}; valid: {', '.join(fields)}"
+            )
         kind = type(fields[key].default)
         try:
             if kind is bool:
@@ -119,17 +140,29 @@ def train_command(args: argparse.Namespace) -> int:
     elif settings["model"] == "cnn":
         settings["model"] = "cnn:64,128,256"
     device = resolve_device(args.device)
-    train, val, test = load_dataset(args.dataset, data_dir=args.data_dir, device=device,
-                                    val_fraction=args.val_fraction, seed=args.seed,
-                                    augment=settings["augment"], cache_dir=args.cache_dir)
+    train, val, test = load_dataset(
+        args.dataset,
+        data_dir=args.data_dir,
+        device=device,
+        val_fraction=args.val_fraction,
+        seed=args.seed,
+        augment=settings["augment"],
+        cache_dir=args.cache_dir,
+    )
     torch.manual_seed(args.seed)
     net = models.from_spec(settings["model"], train.input_shape, train.num_classes).to(device)
     algo = make(args.algo, net, train.num_classes, input_shape=train.input_shape, **hparams)
     dataset_label = Path(args.dataset).name if Path(args.dataset).is_dir() else args.dataset
-    name = args.name or f"{dataset_label}-{args.algo}-{settings['model'].replace(':', '').replace(',', 'x')}-s{args.seed}"
+    name = (
+        args.name
+        or f"{dataset_label}-{args.algo}-{settings['model'].replace(':', '').replace(',', 'x')}-s{args.seed}"
+    )
     run_dir = run_dir_for(Path(args.out), name, args.resume)
     trainer = Trainer(
-        algo, train, val, test,
+        algo,
+        train,
+        val,
+        test,
         epochs=settings["epochs"],
         batch_size=settings["batch_size"],
         patience=settings["patience"] or None,
@@ -142,17 +175,22 @@ def train_command(args: argparse.Namespace) -> int:
         run_info={"dataset": dataset_label, "model": settings["model"], "val_fraction": args.val_fraction},
     )
     result = trainer.fit()
-    print(f"{result.algorithm} on {result.dataset} ({result.model}): test accuracy {result.test_accuracy:.4f}, "
-          f"best val accuracy {result.best_val_accuracy}, {result.epochs} epochs, "
-          f"{result.train_seconds:.1f} s on {result.device} -> {run_dir}")
+    print(
+        f"{result.algorithm} on {result.dataset} ({result.model}): test accuracy {result.test_accuracy:.4f}, "
+        f"best val accuracy {result.best_val_accuracy}, {result.epochs} epochs, "
+        f"{result.train_seconds:.1f} s on {result.device} -> {run_dir}"
+    )
     return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING if args.quiet else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.WARNING if args.quiet else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     try:
         return train_command(args)
     except (DataError, HyperparameterError, KeyError, ValueError, FileExistsError) as e:

@@ -12,16 +12,36 @@ from typing import Any
 # (2x1000 for MNIST-like data, 3x2000 for CIFAR), which backprop trains as the baseline.
 DATASET_PRESETS: dict[str, dict[str, Any]] = {
     "mnist": {"model": "mlp:1000,1000", "epochs": 100, "batch_size": 128, "augment": False, "patience": 10},
-    "fashion_mnist": {"model": "mlp:1000,1000", "epochs": 100, "batch_size": 128, "augment": False,
-                      "patience": 10},
-    "cifar10": {"model": "mlp:2000,2000,2000", "epochs": 100, "batch_size": 128, "augment": True,
-                "patience": 10},
-    "cifar100": {"model": "mlp:2000,2000,2000", "epochs": 100, "batch_size": 128, "augment": True,
-                 "patience": 10},
+    "fashion_mnist": {
+        "model": "mlp:1000,1000",
+        "epochs": 100,
+        "batch_size": 128,
+        "augment": False,
+        "patience": 10,
+    },
+    "cifar10": {
+        "model": "mlp:2000,2000,2000",
+        "epochs": 100,
+        "batch_size": 128,
+        "augment": True,
+        "patience": 10,
+    },
+    "cifar100": {
+        "model": "mlp:2000,2000,2000",
+        "epochs": 100,
+        "batch_size": 128,
+        "augment": True,
+        "patience": 10,
+    },
 }
 # Any other dataset (an ImageFolder path).
-GENERIC_PRESET: dict[str, Any] = {"model": "mlp:1000,1000", "epochs": 50, "batch_size": 128, "augment": False,
-                                  "patience": 10}
+GENERIC_PRESET: dict[str, Any] = {
+    "model": "mlp:1000,1000",
+    "epochs": 50,
+    "batch_size": 128,
+    "augment": False,
+    "patience": 10,
+}
 
 # Hyperparameters per (algorithm, dataset): Spyra (2025) tuned Mono-Forward's Adam learning rate per dataset.
 ALGORITHM_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
@@ -38,4 +58,6 @@ ALGORITHM_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
 
 def preset_for(dataset: str, algorithm: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(run settings, algorithm hyperparameters) for a dataset name or path."""
-    return dict(DATASET_PRESETS.get(dataset, GENERIC_PRESET)), dict(ALGORITHM_PRESETS.get((algorithm, dataset), {}))
+    return dict(DATASET_PRESETS.get(dataset, GENERIC_PRESET)), dict(
+        ALGORITHM_PRESETS.get((algorithm, dataset), {})
+    )

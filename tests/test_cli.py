@@ -1,0 +1,164 @@
+"""The command line end to end on a small ImageFolder tree: run directory, resume after SIGKILL, errors."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+
+from localearn.algorithms import ALGORITHMS
+from localearn.experiments.__main__ import main
+
+COMMON = [
+    "--model",
+    "mlp:32,32",
+    "--epochs",
+    "6",
+    "--patience",
+    "0",
+    "--batch-size",
+    "16",
+    "--no-progress",
+    "-q",
+]
+
+# Run the command line in a child that kills itself with SIGKILL on the Nth training step (mid-epoch).
+KILLER = """
+import os, signal, sys
+from localearn.algorithms import ALGORITHMS
+from localearn.experiments.__main__ import main
+cls = ALGORITHMS[sys.argv[1]]
+step, calls = cls.train_step, [0]
+def train_step(self, x, y):
+    calls[0] += 1
+    if calls[0] == int(sys.argv[2]):
+        os.kill(os.getpid(), signal.SIGKILL)
+    return step(self, x, y)
+cls.train_step = train_step
+sys.exit(main(sys.argv[3:]))
+"""
+
+
+def run_cli(args, cache):
+    env = {**os.environ, "LOCALEARN_CACHE": str(cache)}
+    return subprocess.run(
+        [sys.executable, "-m", "localearn.experiments", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def final_figures(run_dir):
+    result = json.loads((run_dir / "result.json").read_text())
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    figures = {
+        k: result[k] for k in ("test_accuracy", "test_loss", "epochs", "best_epoch", "best_val_accuracy")
+    }
+    return figures, [(m["epoch"], m["val_accuracy"], m["train_loss"]) for m in metrics]
+
+
+@pytest.mark.parametrize(
+    "algo, extra",
+    [(name, []) for name in sorted(ALGORITHMS)]
+    + [("mono_forward", ["--hp", "schedule=sequential", "--epochs", "3"])],
+)
+def test_resume_after_sigkill_gives_the_same_result(algo, extra, image_tree, tmp_path):
+    args = [str(image_tree), "--algo", algo, *COMMON, *extra, "--name", "run"]
+    done = run_cli([*args, "--out", str(tmp_path / "a")], tmp_path / "cache")
+    assert done.returncode == 0, done.stderr
+    # 120 training images / batch 16 = 8 steps per epoch: step 29 is mid-epoch 4.
+    killed = subprocess.run(
+        [sys.executable, "-c", KILLER, algo, "29", *args, "--out", str(tmp_path / "b")],
+        env={**os.environ, "LOCALEARN_CACHE": str(tmp_path / "cache")},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    run_b = tmp_path / "b" / "run"
+    assert (run_b / "checkpoint.pt").exists() and not (run_b / "result.json").exists()
+    resumed = run_cli([*args, "--out", str(tmp_path / "b"), "--resume"], tmp_path / "cache")
+    assert resumed.returncode == 0, resumed.stderr
+    assert final_figures(run_b) == final_figures(tmp_path / "a" / "run")
+
+
+def test_run_prints_result_and_writes_run_directory(image_tree, tmp_path, capsys):
+    code = main(
+        [
+            str(image_tree),
+            "--algo",
+            "mono_forward",
+            *COMMON,
+            "--out",
+            str(tmp_path),
+            "--cache-dir",
+            str(tmp_path / "cache"),
+        ]
+    )
+    assert code == 0
+    assert "test accuracy" in capsys.readouterr().out
+    (run,) = [p for p in tmp_path.iterdir() if p.name != "cache"]
+    assert run.name == "tiny-mono_forward-mlp32x32-s0"
+    result = json.loads((run / "result.json").read_text())
+    assert result["model"] == "mlp:32,32" and result["dataset"] == "tiny" and result["epochs"] == 6
+    assert result["test_accuracy"] > 0.5  # 4 colour classes; chance is 0.25
+    # The same command again does not touch the finished run: it gets a new directory.
+    assert (
+        main(
+            [
+                str(image_tree),
+                "--algo",
+                "mono_forward",
+                *COMMON,
+                "--out",
+                str(tmp_path),
+                "--cache-dir",
+                str(tmp_path / "cache"),
+                "--epochs",
+                "1",
+            ]
+        )
+        == 0
+    )
+    assert (tmp_path / "tiny-mono_forward-mlp32x32-s0-2" / "result.json").exists()
+    assert json.loads((run / "result.json").read_text()) == result
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["no_such_dataset", "--algo", "backprop"], "unknown dataset 'no_such_dataset'; valid: mnist"),
+        (["{tree}", "--algo", "backprop", "--hp", "momentun=0.5"], "unknown hyperparameter 'momentun'"),
+        (["{tree}", "--algo", "backprop", "--hp", "lr=fast"], "expected a float"),
+        (["{tree}", "--algo", "mono_forward", "--hp", "schedule=greedy"], "simultaneous, sequential"),
+        (["{tree}", "--algo", "backprop", "--model", "resnet"], "unknown model 'resnet'"),
+        (["{tree}", "--algo", "backprop", "--device", "cuda:7"], "valid: auto, cpu"),
+        (["{empty}", "--algo", "backprop"], "missing folder"),
+    ],
+)
+def test_bad_input_is_a_clear_error_and_writes_nothing(args, message, image_tree, tmp_path, capsys):
+    if "cuda:7" in args and __import__("torch").cuda.device_count() > 7:
+        pytest.skip("this machine has a cuda:7")
+    (tmp_path / "empty").mkdir()
+    args = [a.format(tree=image_tree, empty=tmp_path / "empty") for a in args]
+    assert main([*args, "--out", str(tmp_path / "runs"), "--cache-dir", str(tmp_path / "cache")]) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
+
+
+def test_unknown_algorithm_lists_the_registry(capsys):
+    with pytest.raises(SystemExit):
+        main(["mnist", "--algo", "no_such_rule"])
+    err = capsys.readouterr().err
+    assert all(name in err for name in ALGORITHMS)
+
+
+def test_help_lists_algorithms_and_hyperparameters(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    assert all(name in out for name in ALGORITHMS) and "schedule=" in out

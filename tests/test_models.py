@@ -1,0 +1,51 @@
+import pytest
+import torch
+
+from localearn import models
+
+
+def test_mlp_units_and_shapes():
+    net = models.mlp(784, [1000, 1000], 10)
+    assert len(net) == 3  # two hidden units and the head
+    assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+    assert isinstance(net[0][0], torch.nn.Flatten)
+
+
+def test_cnn_units_and_odd_image_sizes():
+    net = models.cnn(1, 10, channels=(8, 16, 32), image_size=28)  # 28 -> 14 -> 7 -> 3
+    assert len(net) == 4
+    assert net(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
+
+
+@pytest.mark.parametrize(
+    "spec, shape, units",
+    [("mlp:64,32", (3, 8, 8), 3), ("cnn:4,8", (3, 8, 8), 3), ("mlp", (20,), 3), ("cnn", (3, 32, 32), 4)],
+)
+def test_from_spec(spec, shape, units):
+    net = models.from_spec(spec, shape, 5)
+    assert len(net) == units
+    assert net(torch.zeros(2, *shape)).shape == (2, 5)
+
+
+@pytest.mark.parametrize(
+    "spec, shape, match",
+    [
+        ("resnet", (20,), "unknown model"),
+        ("mlp:a,b", (20,), "integers"),
+        ("cnn", (20,), "square images"),
+        ("mlp:10", (20,), None),
+    ],
+)
+def test_from_spec_errors(spec, shape, match):
+    if match is None:
+        models.from_spec(spec, shape, 2)
+        return
+    with pytest.raises(ValueError, match=match):
+        models.from_spec(spec, shape, 2)
+
+
+def test_bad_sizes_and_activation():
+    with pytest.raises(ValueError, match="hidden"):
+        models.mlp(10, [0], 2)
+    with pytest.raises(ValueError, match="relu, tanh"):
+        models.mlp(10, [4], 2, activation="swish")
