@@ -185,9 +185,19 @@ class Trainer:
         self.stop_reason = ""
 
     # -- configuration -------------------------------------------------------------------------------
+    def stopping_rule(self) -> dict[str, Any]:
+        """The one rule, as every config and result states it."""
+        return {
+            "monitor": self.monitor,
+            "mode": MONITORS[self.monitor],
+            "patience": self.patience,
+            "min_delta": self.min_delta,
+            "epoch_cap": self.epochs,
+            "restore_best": True,
+        }
+
     def config(self) -> dict[str, Any]:
         """Everything needed to rerun this run (written to config.json)."""
-        mode = MONITORS[self.monitor]
         return {
             **self.run_info,
             "algorithm": self.algo.name,
@@ -208,13 +218,7 @@ class Trainer:
                 "epochs_apply_to": "each stage" if self.algo.num_stages > 1 else "the run",
                 "num_stages": self.algo.num_stages,
                 "batch_size": self.batch_size,
-                "stopping_rule": {
-                    "monitor": self.monitor,
-                    "mode": mode,
-                    "patience": self.patience,
-                    "min_delta": self.min_delta,
-                    "restore_best": True,
-                },
+                "stopping_rule": self.stopping_rule(),
             },
             "versions": environment_info(),
             "command": " ".join(sys.argv),
@@ -283,7 +287,7 @@ class Trainer:
             extra={
                 "batch_size": self.batch_size,
                 "augment": "crop+flip" if self.train_split.augment else "none",
-                "stopping_rule": self.config()["trainer"]["stopping_rule"],
+                "stopping_rule": self.stopping_rule(),
             },
         )
         for cb in self.callbacks:
@@ -451,9 +455,8 @@ class Trainer:
                 log.info("%s already finished; returning its result", self.run_dir)
                 return _result_from_dict(json.loads((self.run_dir / "result.json").read_text()))
             if checkpoint.exists():
-                self.load_state_dict(
-                    torch.load(checkpoint, map_location=self.algo.device, weights_only=False)
-                )
+                # Onto the CPU: RNG states must stay CPU tensors; load_state_dict moves the rest.
+                self.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=False))
                 _truncate_metrics(self.run_dir / "metrics.jsonl", self.epoch)
                 log.info("resuming %s after epoch %d", self.run_dir, self.epoch)
                 return None
