@@ -420,7 +420,8 @@ class Trainer:
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-            "callbacks": [cb.state_dict() for cb in self.callbacks],
+            # By class name, so that a resumed run may attach a different set (say, without a progress bar).
+            "callbacks": {type(cb).__name__: cb.state_dict() for cb in self.callbacks},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -432,8 +433,9 @@ class Trainer:
         torch.set_rng_state(state["torch_rng"])
         if state["cuda_rng"]:
             torch.cuda.set_rng_state_all(state["cuda_rng"])
-        for cb, cb_state in zip(self.callbacks, state["callbacks"], strict=False):
-            cb.load_state_dict(cb_state)
+        for cb in self.callbacks:
+            if type(cb).__name__ in state["callbacks"]:
+                cb.load_state_dict(state["callbacks"][type(cb).__name__])
 
     def _prepare_run_dir(self) -> Result | None:
         """Create the run directory, or pick up where an interrupted run left off."""
