@@ -106,6 +106,9 @@ def test_run_prints_result_and_writes_run_directory(image_tree, tmp_path, capsys
     result = json.loads((run / "result.json").read_text())
     assert result["model"] == "mlp:32,32" and result["dataset"] == "tiny" and result["epochs"] == 6
     assert result["test_accuracy"] > 0.5  # 4 colour classes; chance is 0.25
+    # Every command-line run meters itself: joules (or None, said so), the source, and peak memory.
+    assert "energy_joules" in result and result["energy_source"] and result["co2_country"] in ("USA", None)
+    assert result["peak_memory_kind"] == "process_peak_rss" and result["peak_memory_bytes"] > 0
     # The same command again does not touch the finished run: it gets a new directory.
     assert (
         main(

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import torch
 from .. import models
 from ..algorithms import ALGORITHMS, HyperparameterError, get_algorithm, hyperparameter_fields, make
 from ..data import DATASETS, DataError, load_dataset, resolve_device
+from ..energy import EnergyCallback, EnergyMeter
 from ..trainer import MONITORS, DivergenceError, Trainer
 from .presets import preset_for
 
@@ -84,6 +86,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="random crop + flip on the device (CIFAR presets turn it on)",
     )
     aug.add_argument("--no-augment", dest="augment", action="store_false")
+    p.add_argument(
+        "--country",
+        default=os.environ.get("LOCALEARN_COUNTRY", "USA"),
+        help="ISO 3166 alpha-3 code of the grid for CO2 (default: $LOCALEARN_COUNTRY, else USA)",
+    )
+    p.add_argument("--no-energy", action="store_true", help="do not meter energy (time and memory only)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
     return p
@@ -158,6 +166,7 @@ def train_command(args: argparse.Namespace) -> int:
         or f"{dataset_label}-{args.algo}-{settings['model'].replace(':', '').replace(',', 'x')}-s{args.seed}"
     )
     run_dir = run_dir_for(Path(args.out), name, args.resume)
+    meter = None if args.no_energy else EnergyMeter(device, country_iso_code=args.country)
     trainer = Trainer(
         algo,
         train,
@@ -172,13 +181,21 @@ def train_command(args: argparse.Namespace) -> int:
         run_dir=run_dir,
         resume=args.resume,
         progress=not args.no_progress,
+        callbacks=[EnergyCallback(meter)] if meter else [],
         run_info={"dataset": dataset_label, "model": settings["model"], "val_fraction": args.val_fraction},
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    finally:
+        if meter:
+            meter.close()
+    joules = result.extra.get("energy_joules")
     print(
         f"{result.algorithm} on {result.dataset} ({result.model}): test accuracy {result.test_accuracy:.4f}, "
         f"best val accuracy {result.best_val_accuracy}, {result.epochs} epochs, "
-        f"{result.train_seconds:.1f} s on {result.device} -> {run_dir}"
+        f"{result.train_seconds:.1f} s"
+        + (f", {joules:.0f} J ({result.extra['energy_source']})" if joules is not None else "")
+        + f" on {result.device} -> {run_dir}"
     )
     return 0
 
