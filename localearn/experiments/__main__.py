@@ -1,4 +1,8 @@
-"""The command line: ``python -m localearn.experiments DATASET --algo NAME [options]``.
+"""The command line.
+
+    python -m localearn.experiments DATASET --algo NAME [options]      one run
+    python -m localearn.experiments compare DATASET --algos a,b --seeds N  several, then the report
+    python -m localearn.experiments report RUNS_DIR [--baseline backprop]  the report of finished runs
 
 One command gives a paper-grade run: the dataset's preset network and settings (experiments/presets.py),
 the algorithm's preset hyperparameters, one stopping rule, and a run directory under --out.
@@ -22,6 +26,7 @@ from ..data import DATASETS, DataError, load_dataset, resolve_device
 from ..energy import EnergyCallback, EnergyMeter
 from ..trainer import MONITORS, DivergenceError, Trainer
 from .presets import preset_for
+from .report import write_report
 
 log = logging.getLogger("localearn.experiments")
 
@@ -133,7 +138,8 @@ def run_dir_for(out: Path, name: str, resume: bool) -> Path:
     return out / f"{name}-{n}"
 
 
-def train_command(args: argparse.Namespace) -> int:
+def resolve_settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(run settings, hyperparameters): presets overridden by the command line, checked before any work."""
     settings, hparams = preset_for(args.dataset, args.algo)
     for key in ("model", "epochs", "batch_size", "augment", "patience"):
         if getattr(args, key) is not None:
@@ -147,6 +153,11 @@ def train_command(args: argparse.Namespace) -> int:
         settings["model"] = preset_model if preset_model.startswith("mlp:") else "mlp:1000,1000"
     elif settings["model"] == "cnn":
         settings["model"] = "cnn:64,128,256"
+    return settings, hparams
+
+
+def train_command(args: argparse.Namespace) -> int:
+    settings, hparams = resolve_settings(args)
     device = resolve_device(args.device)
     train, val, test = load_dataset(
         args.dataset,
@@ -200,15 +211,106 @@ def train_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def report_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m localearn.experiments report",
+        description="Write a comparison report (Markdown, CSV, PNG plots, HTML page) from run directories.",
+    )
+    p.add_argument("runs_dir", help="a directory holding run directories (searched at any depth)")
+    p.add_argument("--baseline", default="backprop", help="the variant that ratios are taken to")
+    p.add_argument("--report-dir", help="where the report goes (default: RUNS_DIR/report)")
+    p.add_argument("-q", "--quiet", action="store_true")
+    return p
+
+
+def report_command(args: argparse.Namespace) -> int:
+    runs_dir = Path(args.runs_dir)
+    if not runs_dir.is_dir():
+        raise ValueError(f"runs directory {runs_dir} does not exist")
+    out = write_report(runs_dir, baseline=args.baseline, out=args.report_dir)
+    print(f"report: {out / 'report.md'}, {out / 'report.html'}, {out / 'report.csv'}")
+    return 0
+
+
+def compare_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m localearn.experiments compare",
+        allow_abbrev=False,  # --seed must not pass for --seeds
+        description="Run each algorithm with N distinct seeds under the same stopping rule, then write the "
+        "report. Any option of a single run (--model, --epochs, --patience, --device, ...) applies to all. "
+        "Running the same command again continues where it stopped: finished runs are kept.",
+    )
+    p.add_argument("dataset")
+    p.add_argument("--algos", required=True, help=f"comma-separated, from: {', '.join(sorted(ALGORITHMS))}")
+    p.add_argument("--seeds", type=int, default=3, help="distinct seeds per algorithm (default 3)")
+    p.add_argument("--first-seed", type=int, default=0)
+    p.add_argument("--baseline", default="backprop")
+    p.add_argument("--out", default="runs", help="root of run directories (default: ./runs)")
+    p.add_argument("--name", help="comparison directory under --out (default: compare-DATASET)")
+    return p
+
+
+def compare_command(args: argparse.Namespace, run_options: list[str]) -> int:
+    algos = [a.strip() for a in args.algos.split(",") if a.strip()]
+    for algo in algos:
+        get_algorithm(algo)
+    if args.seeds < 1:
+        raise ValueError(f"--seeds {args.seeds}: need at least one seed per algorithm")
+    for forbidden in ("--algo", "--seed", "--name", "--resume", "--out"):
+        if forbidden in run_options:
+            raise ValueError(
+                f"{forbidden} is set by compare itself; use --algos, --seeds, --first-seed, --name"
+            )
+    root = Path(args.out) / (args.name or f"compare-{Path(args.dataset).name}")
+    seeds = range(args.first_seed, args.first_seed + args.seeds)
+    runs = [
+        build_parser().parse_args(
+            [
+                args.dataset,
+                "--algo",
+                algo,
+                "--seed",
+                str(seed),
+                "--out",
+                str(root),
+                "--name",
+                f"{algo}-s{seed}",
+                "--resume",
+                *run_options,
+            ]
+        )
+        for algo in algos
+        for seed in seeds
+    ]
+    for run in runs:  # every run's settings are checked before the first one starts
+        resolve_settings(run)
+    for i, run in enumerate(runs, 1):
+        log.info("compare: run %d of %d: %s seed %d", i, len(runs), run.algo, run.seed)
+        train_command(run)
+    out = write_report(root, baseline=args.baseline)
+    print(f"report: {out / 'report.md'}, {out / 'report.html'}, {out / 'report.csv'}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    args = build_parser().parse_args(argv)
+    command = argv[0] if argv and argv[0] in ("report", "compare") else "train"
+    if command == "report":
+        args, rest = report_parser().parse_args(argv[1:]), []
+    elif command == "compare":
+        args, rest = compare_parser().parse_known_args(argv[1:])
+    else:
+        args = build_parser().parse_args(argv)
     logging.basicConfig(
-        level=logging.WARNING if args.quiet else logging.INFO,
+        level=logging.WARNING if getattr(args, "quiet", False) or "-q" in rest else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
     try:
+        if command == "report":
+            return report_command(args)
+        if command == "compare":
+            return compare_command(args, rest)
         return train_command(args)
     except (DataError, HyperparameterError, KeyError, ValueError, FileExistsError) as e:
         print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)

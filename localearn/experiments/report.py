@@ -1,0 +1,329 @@
+"""The comparison report: run directories in, a table, a CSV, plots and one HTML page out.
+
+It reads run directories only (config.json, metrics.jsonl, result.json), so any set of finished runs can be
+reported again later. Runs are grouped by (dataset, model, algorithm variant); a variant is the algorithm
+plus any choice-valued hyperparameter that differs from its default (say, ``schedule=sequential``).
+Every figure is a mean over the group's runs with its sample standard deviation, and a ratio to the
+baseline's mean on the same dataset and model. A figure a run did not record is shown as missing, never 0.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import dataclasses
+import json
+import logging
+import statistics
+from pathlib import Path
+from typing import Any
+
+from ..algorithms import ALGORITHMS
+
+log = logging.getLogger(__name__)
+
+MISSING = "missing"
+# (column, result.json key, format) for the figures averaged over a group's runs.
+FIGURES = [
+    ("test accuracy", "test_accuracy", "{:.4f}"),
+    ("epochs", "epochs", "{:.1f}"),
+    ("seconds", "train_seconds", "{:.1f}"),
+    ("joules", "energy_joules", "{:.0f}"),
+    ("peak memory MiB", "peak_memory_mib", "{:.0f}"),
+]
+
+
+@dataclasses.dataclass
+class Run:
+    path: Path
+    config: dict[str, Any]
+    result: dict[str, Any]
+    metrics: list[dict[str, Any]]
+
+    @property
+    def label(self) -> str:
+        return variant_label(self.result["algorithm"], self.result.get("hyperparameters", {}))
+
+    @property
+    def group(self) -> tuple[str, str, str]:
+        return (self.result["dataset"], self.result["model"], self.label)
+
+
+def variant_label(algorithm: str, hparams: dict[str, Any]) -> str:
+    cls = ALGORITHMS.get(algorithm)
+    if cls is None:
+        return algorithm
+    defaults = {f.name: f.default for f in dataclasses.fields(cls.Config)}
+    changed = [
+        f"{k}={v}" for k, v in hparams.items() if k in defaults and isinstance(v, str) and v != defaults[k]
+    ]
+    return f"{algorithm} ({', '.join(changed)})" if changed else algorithm
+
+
+def load_runs(runs_dir: Path) -> tuple[list[Run], list[Path]]:
+    """Finished runs under runs_dir (any depth), and the directories of unfinished ones."""
+    runs, unfinished = [], []
+    for config_path in sorted(runs_dir.rglob("config.json")):
+        d = config_path.parent
+        if not (d / "result.json").exists():
+            unfinished.append(d)
+            continue
+        result = json.loads((d / "result.json").read_text())
+        if result.get("peak_memory_bytes") is not None:
+            result["peak_memory_mib"] = result["peak_memory_bytes"] / 2**20
+        metrics_path = d / "metrics.jsonl"
+        metrics = (
+            [json.loads(ln) for ln in metrics_path.read_text().splitlines() if ln.strip()]
+            if (metrics_path.exists())
+            else []
+        )
+        runs.append(Run(d, json.loads(config_path.read_text()), result, metrics))
+    return runs, unfinished
+
+
+def _mean_sd(values: list[Any]) -> tuple[float | None, float | None]:
+    """Mean and sample SD; None when any run lacks the figure (a partial mean would mislead)."""
+    if not values or any(v is None for v in values):
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def summarise(runs: list[Run], baseline: str) -> list[dict[str, Any]]:
+    """One row per (dataset, model, variant), with ratios to the baseline on the same data and model."""
+    groups: dict[tuple[str, str, str], list[Run]] = {}
+    for run in runs:
+        groups.setdefault(run.group, []).append(run)
+    rows = []
+    for (dataset, model, label), members in sorted(groups.items()):
+        seeds = sorted(r.result["seed"] for r in members)
+        row: dict[str, Any] = {
+            "algorithm": label,
+            "dataset": dataset,
+            "model": model,
+            "runs": len(members),
+            "seeds": " ".join(map(str, seeds)),
+        }
+        if len(set(seeds)) < len(seeds):
+            log.warning(
+                "%s on %s repeats a seed (%s): its spread is not a spread over seeds", label, dataset, seeds
+            )
+        for column, key, _ in FIGURES:
+            row[column], row[f"{column} sd"] = _mean_sd([r.result.get(key) for r in members])
+        measured = [r.result.get("energy_measured") for r in members]
+        row["energy measured"] = None if None in measured else all(measured)
+        rows.append(row)
+    for row in rows:
+        base = next(
+            (
+                b
+                for b in rows
+                if b["algorithm"] == baseline
+                and b["dataset"] == row["dataset"]
+                and b["model"] == row["model"]
+            ),
+            None,
+        )
+        for column, _, _ in FIGURES:
+            mine, theirs = row[column], base[column] if base else None
+            row[f"{column} x{baseline}"] = mine / theirs if mine is not None and theirs else None
+    return rows
+
+
+def _fmt(value: Any, spec: str = "{:.3f}") -> str:
+    if value is None:
+        return MISSING
+    return spec.format(value) if isinstance(value, float) else str(value)
+
+
+def table_columns(baseline: str) -> list[tuple[str, str]]:
+    """(row key, format) in table order: identity, figures with spread, then ratios to the baseline."""
+    cols = [("algorithm", "{}"), ("dataset", "{}"), ("model", "{}"), ("runs", "{}"), ("seeds", "{}")]
+    for column, _, spec in FIGURES:
+        cols += [(column, spec), (f"{column} sd", spec)]
+    cols += [(f"{column} x{baseline}", "{:.3f}") for column, _, _ in FIGURES]
+    return cols + [("energy measured", "{}")]
+
+
+def display_table(rows: list[dict[str, Any]], baseline: str) -> tuple[list[str], list[list[str]]]:
+    """Header and cells for reading: each figure as "mean ± sd", then the ratios to the baseline."""
+    header = ["algorithm", "dataset", "model", "seeds"] + [c for c, _, _ in FIGURES]
+    header += [f"{c} ×{baseline}" for c, _, _ in FIGURES] + ["energy measured"]
+    cells = []
+    for row in rows:
+        line = [row["algorithm"], row["dataset"], row["model"], row["seeds"]]
+        for column, _, spec in FIGURES:
+            sd = row[f"{column} sd"]
+            line.append(_fmt(row[column], spec) + (f" ± {spec.format(sd)}" if sd is not None else ""))
+        line += [_fmt(row[f"{c} x{baseline}"]) for c, _, _ in FIGURES] + [_fmt(row["energy measured"])]
+        cells.append(line)
+    return header, cells
+
+
+def markdown_table(rows: list[dict[str, Any]], baseline: str) -> str:
+    header, cells = display_table(rows, baseline)
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    return "\n".join(lines + ["| " + " | ".join(line) + " |" for line in cells])
+
+
+def protocol(runs: list[Run]) -> list[str]:
+    """What every reader needs to judge the comparison, read from the runs themselves."""
+
+    def distinct(values: list[Any]) -> str:
+        unique = sorted({json.dumps(v, sort_keys=True, default=str) for v in values})
+        return unique[0] if len(unique) == 1 else "DIFFERS between runs: " + "; ".join(unique)
+
+    groups: dict[tuple[str, str, str], list[int]] = {}
+    for r in runs:
+        groups.setdefault(r.group, []).append(r.result["seed"])
+    repeated = [
+        f"{label} on {ds}" for (ds, _, label), seeds in sorted(groups.items()) if len(set(seeds)) < len(seeds)
+    ]
+    rules = distinct([r.result.get("stopping_rule") for r in runs])
+    measured = {r.result.get("energy_measured") for r in runs}
+    return [
+        f"Stopping rule: {rules} (epoch cap per stage for staged schedules); the best-validation state is "
+        "restored before the test set is scored once.",
+        "Seeds: distinct within every row."
+        if not repeated
+        else f"Seeds: REPEATED within {', '.join(repeated)}: their spread is not a spread over seeds.",
+        f"Metered window: {distinct([r.result.get('energy_window', MISSING) for r in runs])}.",
+        f"Devices: {distinct([r.result['device'] for r in runs])}.",
+        f"Energy sources: {distinct([r.result.get('energy_source', MISSING) for r in runs])}; methods: "
+        f"{distinct([r.result.get('energy_methods') for r in runs])}.",
+        "Energy figures are "
+        + (
+            "measured (hardware counters or power sensors)."
+            if measured == {True}
+            else "estimated at least in part (CodeCarbon's TDP or RAM model, or missing): read as estimates."
+        )
+        + f" CO2 country: {distinct([r.result.get('co2_country') for r in runs])}.",
+        f"Peak memory: {distinct([r.result.get('peak_memory_kind', MISSING) for r in runs])}.",
+        f"Batch size: {distinct([r.result.get('batch_size') for r in runs])}; augmentation: "
+        f"{distinct([r.result.get('augment') for r in runs])}.",
+    ]
+
+
+def _plots(runs: list[Run], out: Path) -> list[Path]:
+    """Per dataset and model: accuracy against energy (a point per run), validation curves per run."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only; no display here or on a cluster node
+    import matplotlib.pyplot as plt
+
+    labels = sorted({r.label for r in runs})
+    colours = {label: plt.cm.tab10(i % 10) for i, label in enumerate(labels)}
+    paths = []
+    for dataset, model in sorted({r.group[:2] for r in runs}):
+        subset = [r for r in runs if r.group[:2] == (dataset, model)]
+        prefix = f"{dataset}_{model}".replace(":", "").replace(",", "x").replace("/", "_")
+        for name, xlabel in [
+            ("accuracy_vs_energy", "energy (J, metered window)"),
+            ("val_accuracy_vs_epochs", "epoch"),
+            ("val_accuracy_vs_joules", "cumulative energy (J)"),
+        ]:
+            fig, ax = plt.subplots(figsize=(6, 4))
+            legend: set[str] = set()  # one legend entry per variant, not per run
+            for r in subset:
+                if name == "accuracy_vs_energy":
+                    x, y = [r.result.get("energy_joules")], [r.result["test_accuracy"]]
+                else:
+                    ms = [m for m in r.metrics if m.get("val_accuracy") is not None]
+                    x = [m["epoch"] for m in ms] if name.endswith("epochs") else _cumulative_joules(ms)
+                    y = [m["val_accuracy"] for m in ms]
+                if not y or x is None or None in x:  # a missing figure is left out, not drawn at 0
+                    continue
+                draw = ax.scatter if name == "accuracy_vs_energy" else ax.plot
+                draw(x, y, color=colours[r.label], label=None if r.label in legend else r.label)
+                legend.add(r.label)
+            ylabel = "test accuracy" if name == "accuracy_vs_energy" else "validation accuracy"
+            ax.set(xlabel=xlabel, ylabel=ylabel, title=f"{dataset}, {model}")
+            if legend:
+                ax.legend(fontsize=8)
+            fig.tight_layout()
+            paths.append(out / f"{prefix}_{name}.png")
+            fig.savefig(paths[-1], dpi=120)
+            plt.close(fig)
+    return paths
+
+
+def _cumulative_joules(metrics: list[dict[str, Any]]) -> list[float] | None:
+    """Joules up to each epoch; None when an epoch has no figure (the curve would be wrong)."""
+    total, xs = 0.0, []
+    for m in metrics:
+        if m.get("energy_joules") is None:
+            return None
+        total += m["energy_joules"]
+        xs.append(total)
+    return xs
+
+
+def write_report(runs_dir: str | Path, baseline: str = "backprop", out: str | Path | None = None) -> Path:
+    """Write report.md, report.csv, report.html and the plots into ``out`` (default RUNS_DIR/report)."""
+    runs_dir = Path(runs_dir)
+    runs, unfinished = load_runs(runs_dir)
+    if not runs:
+        raise ValueError(f"no finished runs (directories with result.json) under {runs_dir}")
+    out = Path(out) if out is not None else runs_dir / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    rows = summarise(runs, baseline)
+    if not any(r["algorithm"] == baseline for r in rows):
+        log.warning("baseline %r has no runs here: ratio columns are missing", baseline)
+    table = markdown_table(rows, baseline)
+    lines = protocol(runs)
+    if unfinished:
+        lines.append(
+            f"Unfinished runs left out: {', '.join(str(p.relative_to(runs_dir)) for p in unfinished)}."
+        )
+
+    with open(out / "report.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        cols = [c for c, _ in table_columns(baseline)]
+        writer.writerow(cols)
+        writer.writerows([["" if row[c] is None else row[c] for c in cols] for row in rows])
+    plots = _plots(runs, out)
+    md = [
+        f"# localearn report: {runs_dir}",
+        "",
+        "## Protocol",
+        "",
+        *[f"- {ln}" for ln in lines],
+        "",
+        "## Results",
+        "",
+        f"Ratios are to `{baseline}` on the same dataset and model.",
+        "",
+        table,
+        "",
+    ]
+    md += [f"![{p.stem}]({p.name})" for p in plots]
+    (out / "report.md").write_text("\n".join(md) + "\n")
+    (out / "report.html").write_text(_html(runs_dir, lines, rows, baseline, plots))
+    log.info("report of %d runs written to %s", len(runs), out)
+    return out
+
+
+def _html(
+    runs_dir: Path, lines: list[str], rows: list[dict[str, Any]], baseline: str, plots: list[Path]
+) -> str:
+    """One self-contained page: the table and the plots inlined as data URIs."""
+    from html import escape
+
+    header, cells = display_table(rows, baseline)
+    head = "".join(f"<th>{escape(c)}</th>" for c in header)
+    body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in line) + "</tr>" for line in cells)
+    images = "".join(
+        f'<img alt="{p.stem}" src="data:image/png;base64,{base64.b64encode(p.read_bytes()).decode()}">'
+        for p in plots
+    )
+    items = "".join(f"<li>{escape(ln)}</li>" for ln in lines)
+    style = (
+        "body{font-family:sans-serif;margin:2em}table{border-collapse:collapse;font-size:13px}"
+        "td,th{border:1px solid #bbb;padding:3px 6px;text-align:right}img{max-width:48%;margin:4px}"
+    )
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>localearn report</title>"
+        f"<style>{style}</style></head><body><h1>localearn report: {escape(str(runs_dir))}</h1>"
+        f"<h2>Protocol</h2><ul>{items}</ul><h2>Results</h2><p>Ratios are to {escape(baseline)} on the "
+        f"same dataset and model.</p><table><tr>{head}</tr>{body}</table><h2>Plots</h2>{images}"
+        "</body></html>\n"
+    )

@@ -1,0 +1,185 @@
+"""The comparison report from run directories, and the compare command."""
+
+import json
+import statistics
+
+import pytest
+
+from localearn.experiments.__main__ import main
+from localearn.experiments.report import load_runs, summarise, write_report
+
+RULE = {
+    "monitor": "val_accuracy",
+    "mode": "max",
+    "patience": 10,
+    "min_delta": 0.0,
+    "epoch_cap": 5,
+    "restore_best": True,
+}
+
+
+def make_run(root, name, algorithm, seed, accuracy, joules, seconds=10.0, hparams=None, finished=True):
+    """A run directory as the Trainer writes it; joules=None is a run whose energy was not metered."""
+    d = root / name
+    d.mkdir(parents=True)
+    (d / "config.json").write_text(json.dumps({"algorithm": algorithm, "seed": seed}))
+    per_epoch = None if joules is None else joules / 2
+    (d / "metrics.jsonl").write_text(
+        "".join(
+            json.dumps({"epoch": e, "val_accuracy": accuracy - 0.01 * (2 - e), "energy_joules": per_epoch})
+            + "\n"
+            for e in (1, 2)
+        )
+    )
+    if finished:
+        result = {
+            "algorithm": algorithm,
+            "dataset": "mnist",
+            "model": "mlp:8",
+            "seed": seed,
+            "epochs": 2,
+            "device": "cpu",
+            "test_accuracy": accuracy,
+            "train_seconds": seconds,
+            "hyperparameters": {"lr": 0.001, "schedule": "simultaneous", **(hparams or {})},
+            "stopping_rule": RULE,
+            "batch_size": 128,
+            "augment": "none",
+        }
+        if joules is not None:
+            result.update(
+                energy_joules=joules,
+                energy_measured=True,
+                energy_source="nvml-counter",
+                energy_methods={"gpu": "nvml-counter"},
+                co2_country="USA",
+                peak_memory_bytes=2**20 * 100,
+                peak_memory_kind="cuda_max_memory_allocated",
+                energy_window="training and per-epoch validation",
+            )
+        (d / "result.json").write_text(json.dumps(result))
+    return d
+
+
+@pytest.fixture
+def runs_dir(tmp_path):
+    root = tmp_path / "runs"
+    make_run(root, "bp-s0", "backprop", 0, 0.90, 100.0, seconds=10.0)
+    make_run(root, "bp-s1", "backprop", 1, 0.92, 120.0, seconds=12.0)
+    make_run(root, "mf-s0", "mono_forward", 0, 0.93, 300.0, seconds=30.0)
+    make_run(root, "mf-s1", "mono_forward", 1, 0.95, 340.0, seconds=34.0)
+    make_run(root, "mfseq-s0", "mono_forward", 0, 0.91, None, hparams={"schedule": "sequential"})
+    make_run(root, "killed", "backprop", 2, 0.5, 1.0, finished=False)
+    return root
+
+
+def test_summary_figures_and_ratios(runs_dir):
+    runs, unfinished = load_runs(runs_dir)
+    assert len(runs) == 5 and [p.name for p in unfinished] == ["killed"]
+    rows = {r["algorithm"]: r for r in summarise(runs, "backprop")}
+    assert set(rows) == {"backprop", "mono_forward", "mono_forward (schedule=sequential)"}
+    bp, mf = rows["backprop"], rows["mono_forward"]
+    assert bp["test accuracy"] == pytest.approx(0.91)
+    assert bp["test accuracy sd"] == pytest.approx(statistics.stdev([0.90, 0.92]))
+    assert mf["joules"] == pytest.approx(320.0) and mf["seeds"] == "0 1"
+    assert mf["joules xbackprop"] == pytest.approx(320.0 / 110.0)
+    assert mf["seconds xbackprop"] == pytest.approx(32.0 / 11.0)
+    assert mf["peak memory MiB"] == pytest.approx(100.0)
+    # A run without energy has no joules and no ratio: missing, never 0.
+    seq = rows["mono_forward (schedule=sequential)"]
+    assert seq["joules"] is None and seq["joules xbackprop"] is None and seq["energy measured"] is None
+
+
+def test_report_files(runs_dir):
+    out = write_report(runs_dir, baseline="backprop")
+    md = (out / "report.md").read_text()
+    assert "| mono_forward (schedule=sequential) | mnist | mlp:8 | 0 | 0.9100 | 2.0 | 10.0 | missing |" in md
+    assert "0.9400 ± 0.0141" in md  # mono_forward's mean ± sample SD
+    assert "Stopping rule:" in md and '"patience": 10' in md and "DIFFERS" not in md.split("Metered")[0]
+    assert "Unfinished runs left out: killed" in md
+    assert "Seeds: distinct within every row." in md
+    rows = (out / "report.csv").read_text().splitlines()
+    assert rows[0].startswith("algorithm,dataset,model,runs,seeds,test accuracy,test accuracy sd")
+    seq = next(r for r in rows if "sequential" in r).split(",")
+    assert seq[rows[0].split(",").index("joules")] == ""  # missing, not 0
+    for png in (
+        "mnist_mlp8_accuracy_vs_energy.png",
+        "mnist_mlp8_val_accuracy_vs_epochs.png",
+        "mnist_mlp8_val_accuracy_vs_joules.png",
+    ):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") == 3 and 'src="http' not in html  # self-contained
+    assert "<td>missing</td>" in html
+
+
+def test_report_flags_unfair_protocols(tmp_path):
+    root = tmp_path / "runs"
+    make_run(root, "a", "backprop", 0, 0.9, 10.0)
+    make_run(root, "b", "backprop", 0, 0.9, 10.0)  # the same seed twice
+    d = make_run(root, "c", "mono_forward", 0, 0.9, 10.0)
+    result = json.loads((d / "result.json").read_text())
+    result["stopping_rule"] = {**RULE, "patience": 3}
+    (d / "result.json").write_text(json.dumps(result))
+    md = (write_report(root) / "report.md").read_text()
+    assert "Stopping rule: DIFFERS between runs" in md
+    assert "Seeds: REPEATED within backprop on mnist" in md
+
+
+def test_report_command_errors(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nothing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    assert main(["report", str(tmp_path / "empty")]) == 2
+    assert "no finished runs" in capsys.readouterr().err
+
+
+def test_compare_runs_every_algorithm_with_distinct_seeds_then_reports(image_tree, tmp_path):
+    args = [
+        "compare",
+        str(image_tree),
+        "--algos",
+        "backprop,mono_forward",
+        "--seeds",
+        "2",
+        "--out",
+        str(tmp_path),
+        "--model",
+        "mlp:16",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "32",
+        "--no-progress",
+        "-q",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+    ]
+    assert main(args) == 0
+    root = tmp_path / "compare-tiny"
+    runs = sorted(p.name for p in root.iterdir() if (p / "result.json").exists())
+    assert runs == ["backprop-s0", "backprop-s1", "mono_forward-s0", "mono_forward-s1"]
+    seeds = {json.loads((root / r / "result.json").read_text())["seed"] for r in runs}
+    assert seeds == {0, 1}
+    rules = {json.dumps(json.loads((root / r / "result.json").read_text())["stopping_rule"]) for r in runs}
+    assert len(rules) == 1  # the same rule for every algorithm
+    md = (root / "report" / "report.md").read_text()
+    assert "| backprop | tiny | mlp:16 | 0 1 |" in md and "| mono_forward | tiny | mlp:16 | 0 1 |" in md
+    # Running it again continues: finished runs are kept as they are, not trained again.
+    before = (root / "backprop-s0" / "result.json").read_text()
+    assert main(args) == 0
+    assert (root / "backprop-s0" / "result.json").read_text() == before
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--algos", "backprop,nope"], "unknown algorithm 'nope'"),
+        (["--algos", "backprop", "--seed", "3"], "--seed is set by compare"),
+        (["--algos", "backprop", "--seeds", "0"], "at least one seed"),
+    ],
+)
+def test_compare_bad_input(extra, message, tmp_path, capsys):
+    assert main(["compare", "mnist", *extra, "--out", str(tmp_path)]) == 2
+    assert message in capsys.readouterr().err
+    assert not list(tmp_path.iterdir())
