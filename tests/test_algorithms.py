@@ -9,12 +9,14 @@ import localearn as ll
 from localearn.algorithms import ALGORITHMS, HyperparameterError, make
 
 ALL = sorted(ALGORITHMS)
+# Steps large enough to learn the toy task in a few short epochs (FF's default suits 100-epoch MNIST runs).
+QUICK = {"forward_forward": {"lr": 1e-2}}
 
 
 def build(name, features=20, hidden=(32, 32), classes=4, **hp):
     torch.manual_seed(0)
     net = ll.models.mlp(features, list(hidden), classes)
-    return make(name, net, classes, input_shape=(features,), **hp)
+    return make(name, net, classes, input_shape=(features,), **{**QUICK.get(name, {}), **hp})
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -26,6 +28,35 @@ def test_train_step_and_predict_shapes(name, blobs):
     scores = algo.predict(train.x[:5])
     assert scores.shape == (5, 4)
     assert not scores.requires_grad
+
+
+def weight_deltas(name, mutate, x, y):
+    """Update of every parameter on one batch, after ``mutate`` has changed the freshly built network."""
+    torch.manual_seed(0)
+    net = ll.models.mlp(6, [8, 8, 8], 3)
+    mutate(net)
+    algo = make(name, net, 3, input_shape=(6,), lr=0.1, optimizer="sgd", momentum=0.0)
+    before = copy.deepcopy(net.state_dict())
+    algo.train_step(x, y)
+    return {k: net.state_dict()[k] - before[k] for k in before}
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_locality_earlier_update_ignores_later_weights(name):
+    """Change unit 3's weights: under a local rule, units 1 and 2 make the same update on the same batch;
+    under backprop they do not (the test can fail both ways)."""
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(16, 6, generator=g), torch.randint(0, 3, (16,), generator=g)
+
+    def perturb_unit3(net):
+        with torch.no_grad():
+            net[2][0].weight.mul_(-3.0).add_(0.5)
+
+    plain = weight_deltas(name, lambda net: None, x, y)
+    perturbed = weight_deltas(name, perturb_unit3, x, y)
+    for key in ("0.1.weight", "0.1.bias", "1.0.weight"):  # units 1 and 2
+        assert torch.any(plain[key] != 0), key
+        assert torch.allclose(plain[key], perturbed[key]) == ALGORITHMS[name].local, key
 
 
 @pytest.mark.parametrize("name", ALL)
@@ -52,7 +83,11 @@ def test_learns_on_a_cnn(name, image_blobs):
     train, val, test = image_blobs
     torch.manual_seed(0)
     net = ll.models.cnn(3, 4, channels=(8, 8), image_size=8)
-    algo = make(name, net, 4, input_shape=train.input_shape)
+    if not ALGORITHMS[name].convolutional:  # it must refuse, saying what it needs
+        with pytest.raises(ValueError, match="needs"):
+            make(name, net, 4, input_shape=train.input_shape)
+        return
+    algo = make(name, net, 4, input_shape=train.input_shape, **QUICK.get(name, {}))
     result = ll.Trainer(algo, train, val, test, epochs=6, batch_size=32, progress=False).fit()
     assert result.test_accuracy > 0.6
 
@@ -90,8 +125,9 @@ def test_bad_hyperparameter_values(name):
 @pytest.mark.parametrize("name", ALL)
 def test_search_space_gives_accepted_hyperparameters(name):
     optuna = pytest.importorskip("optuna")
-    trial = optuna.trial.FixedTrial({"lr": 1e-3, "weight_decay": 1e-5})
+    trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
     params = ALGORITHMS[name].search_space(trial)
+    assert params and set(params) == set(trial.params)
     build(name, **params)  # accepted by make
 
 

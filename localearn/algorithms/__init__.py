@@ -10,9 +10,10 @@ from torch import nn
 
 from .backprop import Backprop
 from .base import Algorithm, HyperparameterError
+from .forward_forward import ForwardForward
 from .mono_forward import MonoForward
 
-ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (Backprop, MonoForward)}
+ALGORITHMS: dict[str, type[Algorithm]] = {cls.name: cls for cls in (Backprop, ForwardForward, MonoForward)}
 
 
 def get_algorithm(name: str) -> type[Algorithm]:

@@ -89,6 +89,8 @@ class Algorithm:
     name: ClassVar[str] = ""
     Config: ClassVar[type] = OptimizerConfig
     num_stages: int = 1  # > 1 for rules that train one unit at a time
+    convolutional: ClassVar[bool] = True  # False: the rule refuses convolutional units with a clear error
+    local: ClassVar[bool] = True  # no gradient crosses a unit boundary (backprop: False)
 
     def __init__(
         self,

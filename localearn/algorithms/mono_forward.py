@@ -150,4 +150,5 @@ class MonoForward(Algorithm):
         if self.stage + 1 >= self.num_stages:
             raise RuntimeError(f"{self.name} is already at its last stage ({self.num_stages})")
         self.stage += 1
+        self.net.zero_grad(set_to_none=True)  # the frozen unit keeps no stale gradient
         self.optimizers = self._optimizers_for_stage(self.stage)

@@ -1,0 +1,212 @@
+"""Forward-Forward (Hinton, "The Forward-Forward Algorithm: Some Preliminary Investigations", 2022).
+
+Supervised FF with the label in the input. For unit l with input x_l (the RMS-normalised, detached output
+of unit l-1; the label-embedded image for l = 1):
+
+    h_l    = f_l(x_l)                                   (Linear + ReLU)
+    G_l(h) = sum_j h_j^2                                (goodness)
+    L_l    = softplus(theta_l - G_l(h+)) + softplus(G_l(h-) - theta_l)     (logistic loss, Hinton eq. 1)
+    x_l+1  = h_l / sqrt(mean_j h_j^2)                   (RMS normalisation, no mean subtraction)
+
+theta_l = threshold * D_l: after RMS normalisation ||x||^2 = D, so a mean-square threshold of 1 is the
+matching scale (research notes, anchors_ff_mf.md section 1a: threshold and normaliser must agree).
+Positive data: the image with its true label one-hot in the first num_classes inputs. Negative data: the
+same image with a wrong label drawn uniformly from the *other* classes (never the true one), or, with
+``negatives="hard"``, drawn in proportion to the readout's probabilities of the wrong classes.
+
+Prediction, selectable and named in results:
+- ``goodness``: for each class c, embed c and sum the goodness of every unit but the first; argmax over c
+  (one pass per class, Hinton's better mode).
+- ``readout``: one pass with the neutral label (1/num_classes in each label input); a linear softmax
+  classifier on the normalised activities of units 2..L, trained alongside on detached inputs.
+
+Schedule: ``interleaved`` (every unit on every batch, as loeweX/Forward-Forward) or ``greedy`` (one unit at
+a time to its stopping point, then frozen). Validation loss is meaningless for FF (goodness sums are not
+logits), so stop on validation accuracy. The network's last child (a class-score head) is not used: FF's
+class scores come from goodness or from the readout, which the algorithm owns.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Algorithm, OptimizerConfig, check_choice, check_positive, make_optimizer, units_of
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class ForwardForwardConfig(OptimizerConfig):
+    threshold: float = 1.0  # mean-square goodness threshold: theta_l = threshold * width of unit l
+    negatives: str = "random"  # random | hard
+    prediction: str = "goodness"  # goodness | readout
+    schedule: str = "interleaved"  # interleaved | greedy
+    readout_lr: float = 1e-3
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive("threshold", self.threshold)
+        check_positive("readout_lr", self.readout_lr)
+        check_choice("negatives", self.negatives, ("random", "hard"))
+        check_choice("prediction", self.prediction, ("goodness", "readout"))
+        check_choice("schedule", self.schedule, ("interleaved", "greedy"))
+
+
+def rms_normalise(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
+    """x / sqrt(mean(x^2)) per example, so that sum(x^2) equals the width."""
+    return x / (x.pow(2).mean(1, keepdim=True).sqrt() + eps)
+
+
+def ff_loss(goodness_pos: torch.Tensor, goodness_neg: torch.Tensor, theta: float) -> torch.Tensor:
+    """Hinton's logistic loss: positives above theta, negatives below, averaged over the batch."""
+    return (F.softplus(theta - goodness_pos) + F.softplus(goodness_neg - theta)).mean()
+
+
+class ForwardForward(Algorithm):
+    name = "forward_forward"
+    Config = ForwardForwardConfig
+    convolutional = False
+
+    def __init__(self, net: nn.Module, num_classes: int, **kwargs: Any) -> None:
+        super().__init__(net, num_classes, **kwargs)
+        children = units_of(net, self.name)
+        self.units = children[:-1] if len(children) > 1 else children
+        widths = []
+        spatial = (nn.modules.conv._ConvNd, nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd)
+        for i, unit in enumerate(self.units):
+            bad = [type(m).__name__ for m in unit.modules() if isinstance(m, spatial)]
+            linears = [m for m in unit.modules() if isinstance(m, nn.Linear)]
+            if bad or len(linears) != 1:
+                raise ValueError(
+                    "forward_forward needs units of one nn.Linear and an activation (an MLP such as "
+                    f"localearn.models.mlp); unit {i + 1} has "
+                    f"{', '.join(bad) or f'{len(linears)} Linear layers'}"
+                )
+            widths.append(linears[0].out_features)
+        self.in_features = [m for m in self.units[0].modules() if isinstance(m, nn.Linear)][0].in_features
+        if self.in_features < num_classes:
+            raise ValueError(f"the input has {self.in_features} features, fewer than {num_classes} labels")
+        self.thetas = [self.config.threshold * w for w in widths]
+        # Goodness and the readout use units 2..L (Hinton); a one-unit network has only unit 1.
+        self.scored = list(range(1, len(self.units))) if len(self.units) > 1 else [0]
+        self.readout = nn.Linear(sum(widths[i] for i in self.scored), num_classes).to(self.device)
+        nn.init.zeros_(self.readout.weight)  # as loeweX: the classifier starts from zero
+        nn.init.zeros_(self.readout.bias)
+        self.aux["readout"] = self.readout
+        self.num_stages = len(self.units) if self.config.schedule == "greedy" else 1
+        self.generator = torch.Generator().manual_seed(0)  # negatives; saved with the state
+        self.optimizers = self._optimizers_for_stage(0)
+
+    def _optimizers_for_stage(self, stage: int) -> list[torch.optim.Optimizer]:
+        c = self.config
+        units = [self.units[stage]] if c.schedule == "greedy" else self.units
+        params = [p for unit in units for p in unit.parameters()]
+        return [
+            make_optimizer(c.optimizer, params, c.lr, c.weight_decay, c.momentum),
+            make_optimizer(c.optimizer, self.readout.parameters(), c.readout_lr, c.weight_decay, c.momentum),
+        ]
+
+    # -- the rule, in order: embed labels, run units with detached normalised inputs, local losses ---------
+    def embed(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        """Flatten and put a one-hot label (or the neutral label for None) in the first num_classes inputs."""
+        x = x.flatten(1).clone()
+        if labels is None:
+            x[:, : self.num_classes] = 1.0 / self.num_classes
+        else:
+            x[:, : self.num_classes] = F.one_hot(labels, self.num_classes).to(x.dtype)
+        return x
+
+    def wrong_labels(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """A label other than y for every example: uniform over the others, or hard (readout's beliefs)."""
+        if self.config.negatives == "hard":
+            # The floor keeps every wrong label drawable even where the readout is sure and right.
+            with torch.no_grad():
+                probs = torch.softmax(self._readout_logits(x), 1).cpu() + 1e-6
+            probs[torch.arange(len(y)), y.cpu()] = 0.0
+            return torch.multinomial(probs, 1, generator=self.generator).squeeze(1).to(y.device)
+        shift = torch.randint(1, self.num_classes, (len(y),), generator=self.generator).to(y.device)
+        return (y + shift) % self.num_classes
+
+    def activities(self, x: torch.Tensor, upto: int | None = None) -> list[torch.Tensor]:
+        """Each unit's output (no grad), every unit fed the RMS-normalised output of the one before."""
+        out, a = [], rms_normalise(x)
+        with torch.no_grad():
+            for unit in self.units[:upto]:
+                out.append(unit(a))
+                a = rms_normalise(out[-1])
+        return out
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        unit_opt, readout_opt = self.optimizers
+        greedy = self.config.schedule == "greedy"
+        trainable = range(self.stage, self.stage + 1) if greedy else range(len(self.units))
+        # Positives and negatives go through together: one batch of twice the size.
+        a = rms_normalise(torch.cat([self.embed(x, y), self.embed(x, self.wrong_labels(x, y))]))
+        with torch.no_grad():  # the frozen units of a greedy schedule
+            for unit in self.units[: trainable.start]:
+                a = rms_normalise(unit(a))
+        stats: dict[str, torch.Tensor] = {}
+        total = 0.0
+        for i in trainable:
+            h = self.units[i](a.detach())  # the unit boundary: no gradient reaches earlier units
+            goodness = h.pow(2).sum(1)
+            loss = ff_loss(goodness[: len(y)], goodness[len(y) :], self.thetas[i])
+            stats[f"loss_unit{i + 1}"] = loss.detach()
+            total = total + loss
+            a = rms_normalise(h)
+        unit_opt.zero_grad(set_to_none=True)
+        total.backward()  # the graphs are cut at every unit input, so each unit gets its own gradient only
+        unit_opt.step()
+        # The one-pass readout learns alongside, on detached activities of the neutral-label pass.
+        readout_loss = F.cross_entropy(self._readout_logits(x), y)
+        readout_opt.zero_grad(set_to_none=True)
+        readout_loss.backward()
+        readout_opt.step()
+        stats["loss"] = total.detach() / len(trainable)
+        stats["readout_loss"] = readout_loss.detach()
+        return stats
+
+    def _readout_logits(self, x: torch.Tensor) -> torch.Tensor:
+        acts = self.activities(self.embed(x, None))
+        return self.readout(torch.cat([rms_normalise(acts[i]) for i in self.scored], 1))
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        if self.config.prediction == "readout":
+            return self._readout_logits(x)
+        # Goodness per label; while a greedy stage runs, only the units trained so far count.
+        upto = self.stage + 1 if self.config.schedule == "greedy" else len(self.units)
+        counted = [i for i in self.scored if i < upto] or [upto - 1]
+        scores = torch.empty(len(x), self.num_classes, device=x.device)
+        for c in range(self.num_classes):
+            labels = torch.full((len(x),), c, dtype=torch.long, device=x.device)
+            acts = self.activities(self.embed(x, labels), upto=upto)
+            scores[:, c] = sum(acts[i].pow(2).sum(1) for i in counted)
+        return scores
+
+    def advance_stage(self) -> None:
+        if self.stage + 1 >= self.num_stages:
+            raise RuntimeError(f"{self.name} is already at its last stage ({self.num_stages})")
+        self.stage += 1
+        self.net.zero_grad(set_to_none=True)  # the frozen unit keeps no stale gradient
+        self.optimizers = self._optimizers_for_stage(self.stage)
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])
+
+    @classmethod
+    def search_space(cls, trial: Any) -> dict[str, Any]:
+        return {
+            "lr": trial.suggest_float("lr", 2e-4, 5e-3, log=True),
+            "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-3, log=True),
+            "readout_lr": trial.suggest_float("readout_lr", 2e-3, 5e-2, log=True),
+        }
