@@ -142,8 +142,12 @@ class Trainer:
         eval_batch_size: int = 1024,
         run_info: dict[str, Any] | None = None,
     ) -> None:
-        if monitor not in MONITORS:
-            raise ValueError(f"monitor={monitor!r} is not valid; choose one of: {', '.join(MONITORS)}")
+        valid = [m for m in MONITORS if m in algo.monitors]
+        if monitor not in valid:
+            raise ValueError(
+                f"monitor={monitor!r} is not valid for {algo.name}; choose one of: {', '.join(valid)}"
+                + (f" ({algo.monitor_note})" if algo.monitor_note else "")
+            )
         for name, value in (
             ("epochs", epochs),
             ("batch_size", batch_size),
@@ -194,6 +198,7 @@ class Trainer:
             "min_delta": self.min_delta,
             "epoch_cap": self.epochs,
             "restore_best": True,
+            **({"note": self.algo.monitor_note} if self.algo.monitor_note else {}),
         }
 
     def config(self) -> dict[str, Any]:

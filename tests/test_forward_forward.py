@@ -115,3 +115,12 @@ def test_learns_both_predictions(prediction, blobs):
 def test_refuses_too_few_inputs_for_the_labels():
     with pytest.raises(ValueError, match="fewer than 10 labels"):
         make("forward_forward", ll.models.mlp(5, [8], 10), 10)
+
+
+def test_stops_on_validation_accuracy_only_and_says_why(blobs):
+    train, val, test = blobs
+    algo = ff(hidden=(8,), features=20, classes=4)
+    with pytest.raises(ValueError, match="not meaningful"):
+        ll.Trainer(algo, train, val, test, monitor="val_loss")
+    trainer = ll.Trainer(algo, train, val, test)
+    assert "not meaningful" in trainer.config()["trainer"]["stopping_rule"]["note"]

@@ -172,7 +172,7 @@ def test_mismatched_network_fails_before_writing(blobs, tmp_path, net, classes, 
     [
         ({"epochs": 0}, "epochs"),
         ({"batch_size": -1}, "batch_size"),
-        ({"monitor": "train_loss"}, "val_accuracy, val_loss"),
+        ({"monitor": "train_loss"}, "choose one of: val_accuracy, val_loss"),
         ({"patience": 0}, "patience"),
     ],
 )

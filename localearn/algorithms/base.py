@@ -91,6 +91,8 @@ class Algorithm:
     num_stages: int = 1  # > 1 for rules that train one unit at a time
     convolutional: ClassVar[bool] = True  # False: the rule refuses convolutional units with a clear error
     local: ClassVar[bool] = True  # no gradient crosses a unit boundary (backprop: False)
+    monitors: ClassVar[tuple[str, ...]] = ("val_accuracy", "val_loss")  # what early stopping may watch
+    monitor_note: ClassVar[str] = ""  # why a rule allows fewer monitors; stated in every config
 
     def __init__(
         self,

@@ -72,6 +72,10 @@ class ForwardForward(Algorithm):
     name = "forward_forward"
     Config = ForwardForwardConfig
     convolutional = False
+    monitors = ("val_accuracy",)
+    monitor_note = (
+        "FF's validation loss is not meaningful (goodness sums are not logits): it stops on accuracy"
+    )
 
     def __init__(self, net: nn.Module, num_classes: int, **kwargs: Any) -> None:
         super().__init__(net, num_classes, **kwargs)

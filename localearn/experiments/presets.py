@@ -43,8 +43,13 @@ GENERIC_PRESET: dict[str, Any] = {
     "patience": 10,
 }
 
-# Hyperparameters per (algorithm, dataset): Spyra (2025) tuned Mono-Forward's Adam learning rate per dataset.
+# Per (algorithm, dataset): run settings that differ from the dataset's (a paper's own network) and
+# hyperparameters. Spyra (2025) tuned Mono-Forward's Adam learning rate per dataset. Forward-Forward uses
+# the 3x1000 MLP and batch 100 of loeweX/Forward-Forward and Spyra's FF runs.
+RUN_SETTINGS = ("model", "epochs", "batch_size", "augment", "patience")
 ALGORITHM_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
+    ("forward_forward", "mnist"): {"model": "mlp:1000,1000,1000", "batch_size": 100},
+    ("forward_forward", "fashion_mnist"): {"model": "mlp:1000,1000,1000", "batch_size": 100},
     ("mono_forward", "mnist"): {"lr": 1.570e-3},
     ("mono_forward", "fashion_mnist"): {"lr": 3.873e-4},
     ("mono_forward", "cifar10"): {"lr": 3.242e-4},
@@ -58,6 +63,7 @@ ALGORITHM_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
 
 def preset_for(dataset: str, algorithm: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """(run settings, algorithm hyperparameters) for a dataset name or path."""
-    return dict(DATASET_PRESETS.get(dataset, GENERIC_PRESET)), dict(
-        ALGORITHM_PRESETS.get((algorithm, dataset), {})
-    )
+    settings = dict(DATASET_PRESETS.get(dataset, GENERIC_PRESET))
+    specific = ALGORITHM_PRESETS.get((algorithm, dataset), {})
+    settings.update({k: v for k, v in specific.items() if k in RUN_SETTINGS})
+    return settings, {k: v for k, v in specific.items() if k not in RUN_SETTINGS}
