@@ -300,7 +300,7 @@ def main(argv: list[str] | None = None) -> int:
     elif command == "compare":
         args, rest = compare_parser().parse_known_args(argv[1:])
     else:
-        args = build_parser().parse_args(argv)
+        args, rest = build_parser().parse_args(argv), []
     logging.basicConfig(
         level=logging.WARNING if getattr(args, "quiet", False) or "-q" in rest else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
