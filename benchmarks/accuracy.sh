@@ -16,3 +16,9 @@ if [[ $which == cifar10 || $which == all ]]; then
   run cifar10 --algo mono_forward --seed 0 --epochs "${CIFAR_EPOCHS:-40}" --patience 10
   run cifar10 --algo backprop --seed 0 --epochs "${CIFAR_EPOCHS:-40}" --patience 10
 fi
+if [[ $which == ff || $which == all ]]; then
+  # Forward-Forward, 3x1000 MLP (loeweX, Spyra), batch 100, goodness-per-label prediction, epoch cap 60
+  # (Hinton's 60 epochs), patience 10 on validation accuracy; beside it backprop on the same network.
+  run mnist --algo forward_forward --seed 0 --epochs 60 ${FF_ARGS:-}
+  run mnist --algo backprop --seed 0 --model mlp:1000,1000,1000 --batch-size 100 --epochs 60
+fi
