@@ -141,6 +141,7 @@ def test_run_prints_result_and_writes_run_directory(image_tree, tmp_path, capsys
         (["{tree}", "--algo", "backprop", "--model", "resnet"], "unknown model 'resnet'"),
         (["{tree}", "--algo", "backprop", "--device", "cuda:7"], "valid: auto, cpu"),
         (["{empty}", "--algo", "backprop"], "missing folder"),
+        (["{tree}", "--algo", "forward_forward", "--monitor", "val_loss"], "not meaningful"),
     ],
 )
 def test_bad_input_is_a_clear_error_and_writes_nothing(args, message, image_tree, tmp_path, capsys):

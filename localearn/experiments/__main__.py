@@ -25,7 +25,7 @@ from ..algorithms import ALGORITHMS, HyperparameterError, get_algorithm, hyperpa
 from ..data import DATASETS, DataError, load_dataset, resolve_device
 from ..energy import EnergyCallback, EnergyMeter
 from ..trainer import MONITORS, DivergenceError, Trainer
-from .presets import preset_for
+from .presets import RUN_SETTINGS, preset_for
 from .report import write_report
 
 log = logging.getLogger("localearn.experiments")
@@ -141,7 +141,7 @@ def run_dir_for(out: Path, name: str, resume: bool) -> Path:
 def resolve_settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
     """(run settings, hyperparameters): presets overridden by the command line, checked before any work."""
     settings, hparams = preset_for(args.dataset, args.algo)
-    for key in ("model", "epochs", "batch_size", "augment", "patience"):
+    for key in RUN_SETTINGS:
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
     if args.lr is not None:
@@ -178,24 +178,28 @@ def train_command(args: argparse.Namespace) -> int:
     )
     run_dir = run_dir_for(Path(args.out), name, args.resume)
     meter = None if args.no_energy else EnergyMeter(device, country_iso_code=args.country)
-    trainer = Trainer(
-        algo,
-        train,
-        val,
-        test,
-        epochs=settings["epochs"],
-        batch_size=settings["batch_size"],
-        patience=settings["patience"] or None,
-        min_delta=args.min_delta,
-        monitor=args.monitor,
-        seed=args.seed,
-        run_dir=run_dir,
-        resume=args.resume,
-        progress=not args.no_progress,
-        callbacks=[EnergyCallback(meter)] if meter else [],
-        run_info={"dataset": dataset_label, "model": settings["model"], "val_fraction": args.val_fraction},
-    )
     try:
+        trainer = Trainer(
+            algo,
+            train,
+            val,
+            test,
+            epochs=settings["epochs"],
+            batch_size=settings["batch_size"],
+            patience=settings["patience"] or None,
+            min_delta=args.min_delta,
+            monitor=args.monitor,
+            seed=args.seed,
+            run_dir=run_dir,
+            resume=args.resume,
+            progress=not args.no_progress,
+            callbacks=[EnergyCallback(meter)] if meter else [],
+            run_info={
+                "dataset": dataset_label,
+                "model": settings["model"],
+                "val_fraction": args.val_fraction,
+            },
+        )
         result = trainer.fit()
     finally:
         if meter:
