@@ -14,6 +14,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -267,30 +268,34 @@ def compare_command(args: argparse.Namespace, run_options: list[str]) -> int:
             )
     root = Path(args.out) / (args.name or f"compare-{Path(args.dataset).name}")
     seeds = range(args.first_seed, args.first_seed + args.seeds)
-    runs = [
-        build_parser().parse_args(
-            [
-                args.dataset,
-                "--algo",
-                algo,
-                "--seed",
-                str(seed),
-                "--out",
-                str(root),
-                "--name",
-                f"{algo}-s{seed}",
-                "--resume",
-                *run_options,
-            ]
-        )
+    argvs = [
+        [
+            args.dataset,
+            "--algo",
+            algo,
+            "--seed",
+            str(seed),
+            "--out",
+            str(root),
+            "--name",
+            f"{algo}-s{seed}",
+            "--resume",
+            *run_options,
+        ]
         for algo in algos
         for seed in seeds
     ]
-    for run in runs:  # every run's settings are checked before the first one starts
-        resolve_settings(run)
-    for i, run in enumerate(runs, 1):
-        log.info("compare: run %d of %d: %s seed %d", i, len(runs), run.algo, run.seed)
-        train_command(run)
+    for argv in argvs:  # every run's settings are checked before the first one starts
+        resolve_settings(build_parser().parse_args(argv))
+    # Each run in a process of its own: no run inherits another's caches, allocator state or peak memory
+    # (a process's peak RSS only ever grows).
+    for i, argv in enumerate(argvs, 1):
+        log.info("compare: run %d of %d: %s", i, len(argvs), " ".join(argv))
+        done = subprocess.run([sys.executable, "-m", "localearn.experiments", *argv])
+        if done.returncode != 0:
+            raise RuntimeError(
+                f"run {i} of {len(argvs)} failed (exit code {done.returncode}): {' '.join(argv)}"
+            )
     out = write_report(root, baseline=args.baseline)
     print(f"report: {out / 'report.md'}, {out / 'report.html'}, {out / 'report.csv'}")
     return 0
