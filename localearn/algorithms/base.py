@@ -132,8 +132,16 @@ class Algorithm:
         }
 
     def advance_stage(self) -> None:
-        """Freeze the current stage and start the next one (staged rules only)."""
-        raise RuntimeError(f"{self.name} trains in a single stage")
+        """Freeze the current stage and start the next one, with fresh optimizers for what trains now."""
+        if self.stage + 1 >= self.num_stages:
+            raise RuntimeError(f"{self.name} is already at its last stage ({self.num_stages})")
+        self.stage += 1
+        self.net.zero_grad(set_to_none=True)  # the frozen unit keeps no stale gradient
+        self.optimizers = self._optimizers_for_stage(self.stage)
+
+    def _optimizers_for_stage(self, stage: int) -> list[torch.optim.Optimizer]:
+        """Staged rules: the optimizers of what trains in ``stage``."""
+        raise NotImplementedError
 
     # -- shared mechanics -----------------------------------------------------------------------------
     @property

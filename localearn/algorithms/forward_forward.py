@@ -194,13 +194,6 @@ class ForwardForward(Algorithm):
             scores[:, c] = sum(acts[i].pow(2).sum(1) for i in counted)
         return scores
 
-    def advance_stage(self) -> None:
-        if self.stage + 1 >= self.num_stages:
-            raise RuntimeError(f"{self.name} is already at its last stage ({self.num_stages})")
-        self.stage += 1
-        self.net.zero_grad(set_to_none=True)  # the frozen unit keeps no stale gradient
-        self.optimizers = self._optimizers_for_stage(self.stage)
-
     def extra_state(self) -> dict[str, Any]:
         return {"generator": self.generator.get_state()}
 

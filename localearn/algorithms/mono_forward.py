@@ -145,10 +145,3 @@ class MonoForward(Algorithm):
                 scores = proj(a)
                 total = scores if total is None else total + scores
         return total if self.config.prediction == "sum" else self.groups[last - 1][1](a)
-
-    def advance_stage(self) -> None:
-        if self.stage + 1 >= self.num_stages:
-            raise RuntimeError(f"{self.name} is already at its last stage ({self.num_stages})")
-        self.stage += 1
-        self.net.zero_grad(set_to_none=True)  # the frozen unit keeps no stale gradient
-        self.optimizers = self._optimizers_for_stage(self.stage)
