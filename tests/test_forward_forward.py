@@ -124,13 +124,3 @@ def test_stops_on_validation_accuracy_only_and_says_why(blobs):
         ll.Trainer(algo, train, val, test, monitor="val_loss")
     trainer = ll.Trainer(algo, train, val, test)
     assert "not meaningful" in trainer.config()["trainer"]["stopping_rule"]["note"]
-
-
-def test_straight_through_relu_passes_gradient_below_zero():
-    algo = ff(relu_gradient="straight_through")
-    relu = algo.units[0][2]
-    x = torch.tensor([-1.0, 2.0], requires_grad=True)
-    y = relu(x)
-    y.sum().backward()
-    assert y.tolist() == [0.0, 2.0] and x.grad.tolist() == [1.0, 1.0]
-    assert isinstance(ff().units[0][2], torch.nn.ReLU) and type(ff().units[0][2]) is torch.nn.ReLU

@@ -48,9 +48,6 @@ class ForwardForwardConfig(OptimizerConfig):
     prediction: str = "goodness"  # goodness | readout
     schedule: str = "interleaved"  # interleaved | greedy
     readout_lr: float = 1e-3
-    # loeweX/Forward-Forward's ReLU_full_grad: forward is ReLU, backward passes the gradient straight through,
-    # so units below zero keep learning. Off by default (Hinton's rule is plain ReLU).
-    relu_gradient: str = "standard"  # standard | straight_through
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -59,29 +56,11 @@ class ForwardForwardConfig(OptimizerConfig):
         check_choice("negatives", self.negatives, ("random", "hard"))
         check_choice("prediction", self.prediction, ("goodness", "readout"))
         check_choice("schedule", self.schedule, ("interleaved", "greedy"))
-        check_choice("relu_gradient", self.relu_gradient, ("standard", "straight_through"))
 
 
 def rms_normalise(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
     """x / sqrt(mean(x^2)) per example, so that sum(x^2) equals the width."""
     return x / (x.pow(2).mean(1, keepdim=True).sqrt() + eps)
-
-
-class _StraightThroughReLU(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx: Any, x: torch.Tensor) -> torch.Tensor:
-        return x.clamp(min=0)
-
-    @staticmethod
-    def backward(ctx: Any, grad: torch.Tensor) -> torch.Tensor:
-        return grad
-
-
-class StraightThroughReLU(nn.ReLU):
-    """ReLU forward, identity backward (loeweX's ReLU_full_grad)."""
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return _StraightThroughReLU.apply(x)
 
 
 def ff_loss(goodness_pos: torch.Tensor, goodness_neg: torch.Tensor, theta: float) -> torch.Tensor:
@@ -118,11 +97,6 @@ class ForwardForward(Algorithm):
         if self.in_features < num_classes:
             raise ValueError(f"the input has {self.in_features} features, fewer than {num_classes} labels")
         self.thetas = [self.config.threshold * w for w in widths]
-        if self.config.relu_gradient == "straight_through":
-            for unit in self.units:  # same forward, so predictions and saved weights are unaffected
-                for name, child in list(unit.named_children()):
-                    if type(child) is nn.ReLU:
-                        setattr(unit, name, StraightThroughReLU())
         # Goodness and the readout use units 2..L (Hinton); a one-unit network has only unit 1.
         self.scored = list(range(1, len(self.units))) if len(self.units) > 1 else [0]
         self.readout = nn.Linear(sum(widths[i] for i in self.scored), num_classes).to(self.device)
