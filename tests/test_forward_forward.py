@@ -124,3 +124,13 @@ def test_stops_on_validation_accuracy_only_and_says_why(blobs):
         ll.Trainer(algo, train, val, test, monitor="val_loss")
     trainer = ll.Trainer(algo, train, val, test)
     assert "not meaningful" in trainer.config()["trainer"]["stopping_rule"]["note"]
+
+
+@pytest.mark.parametrize(
+    "prediction, negatives, trained",
+    [("goodness", "random", False), ("readout", "random", True), ("goodness", "hard", True)],
+)
+def test_readout_trains_only_where_something_uses_it(prediction, negatives, trained):
+    algo = ff(prediction=prediction, negatives=negatives)
+    algo.train_step(torch.randn(16, 6), torch.randint(0, 3, (16,)))
+    assert bool(torch.any(algo.readout.weight != 0)) == trained

@@ -167,13 +167,15 @@ class ForwardForward(Algorithm):
         unit_opt.zero_grad(set_to_none=True)
         total.backward()  # the graphs are cut at every unit input, so each unit gets its own gradient only
         unit_opt.step()
-        # The one-pass readout learns alongside, on detached activities of the neutral-label pass.
-        readout_loss = F.cross_entropy(self._readout_logits(x), y)
-        readout_opt.zero_grad(set_to_none=True)
-        readout_loss.backward()
-        readout_opt.step()
         stats["loss"] = total.detach() / len(trainable)
-        stats["readout_loss"] = readout_loss.detach()
+        # The one-pass readout learns alongside, on detached activities of the neutral-label pass, but only
+        # where something uses it: a classifier trained and never used is a hidden cost (research notes 1d).
+        if self.config.prediction == "readout" or self.config.negatives == "hard":
+            readout_loss = F.cross_entropy(self._readout_logits(x), y)
+            readout_opt.zero_grad(set_to_none=True)
+            readout_loss.backward()
+            readout_opt.step()
+            stats["readout_loss"] = readout_loss.detach()
         return stats
 
     def _readout_logits(self, x: torch.Tensor) -> torch.Tensor:
