@@ -87,19 +87,9 @@ def test_resume_after_sigkill_gives_the_same_result(algo, extra, image_tree, tmp
 
 
 def test_run_prints_result_and_writes_run_directory(image_tree, tmp_path, capsys):
-    code = main(
-        [
-            str(image_tree),
-            "--algo",
-            "mono_forward",
-            *COMMON,
-            "--out",
-            str(tmp_path),
-            "--cache-dir",
-            str(tmp_path / "cache"),
-        ]
-    )
-    assert code == 0
+    args = [str(image_tree), "--algo", "mono_forward", *COMMON, "--out", str(tmp_path)]
+    args += ["--cache-dir", str(tmp_path / "cache")]
+    assert main(args) == 0
     assert "test accuracy" in capsys.readouterr().out
     (run,) = [p for p in tmp_path.iterdir() if p.name != "cache"]
     assert run.name == "tiny-mono_forward-mlp32x32-s0"
@@ -110,23 +100,7 @@ def test_run_prints_result_and_writes_run_directory(image_tree, tmp_path, capsys
     assert "energy_joules" in result and result["energy_source"] and result["co2_country"] in ("USA", None)
     assert result["peak_memory_kind"] == "process_peak_rss" and result["peak_memory_bytes"] > 0
     # The same command again does not touch the finished run: it gets a new directory.
-    assert (
-        main(
-            [
-                str(image_tree),
-                "--algo",
-                "mono_forward",
-                *COMMON,
-                "--out",
-                str(tmp_path),
-                "--cache-dir",
-                str(tmp_path / "cache"),
-                "--epochs",
-                "1",
-            ]
-        )
-        == 0
-    )
+    assert main([*args, "--epochs", "1"]) == 0
     assert (tmp_path / "tiny-mono_forward-mlp32x32-s0-2" / "result.json").exists()
     assert json.loads((run / "result.json").read_text()) == result
 
