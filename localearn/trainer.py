@@ -198,7 +198,6 @@ class Trainer:
             "min_delta": self.min_delta,
             "epoch_cap": self.epochs,
             "restore_best": True,
-            **({"note": self.algo.monitor_note} if self.algo.monitor_note else {}),
         }
 
     def config(self) -> dict[str, Any]:
@@ -224,6 +223,8 @@ class Trainer:
                 "num_stages": self.algo.num_stages,
                 "batch_size": self.batch_size,
                 "stopping_rule": self.stopping_rule(),
+                # Beside the rule, not in it: reports compare rules, and a note is not a difference.
+                **({"stopping_rule_note": self.algo.monitor_note} if self.algo.monitor_note else {}),
             },
             "versions": environment_info(),
             "command": " ".join(sys.argv),
