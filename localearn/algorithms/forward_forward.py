@@ -29,7 +29,6 @@ class scores come from goodness or from the readout, which the algorithm owns.
 from __future__ import annotations
 
 import dataclasses
-import logging
 from typing import Any
 
 import torch
@@ -37,8 +36,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from .base import Algorithm, OptimizerConfig, check_choice, check_positive, make_optimizer, units_of
-
-log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass
@@ -81,21 +78,23 @@ class ForwardForward(Algorithm):
         super().__init__(net, num_classes, **kwargs)
         children = units_of(net, self.name)
         self.units = children[:-1] if len(children) > 1 else children
-        widths = []
+        linears: list[nn.Linear] = []  # the one Linear of each unit
         spatial = (nn.modules.conv._ConvNd, nn.modules.pooling._MaxPoolNd, nn.modules.pooling._AvgPoolNd)
         for i, unit in enumerate(self.units):
             bad = [type(m).__name__ for m in unit.modules() if isinstance(m, spatial)]
-            linears = [m for m in unit.modules() if isinstance(m, nn.Linear)]
-            if bad or len(linears) != 1:
+            found = [m for m in unit.modules() if isinstance(m, nn.Linear)]
+            if bad or len(found) != 1:
                 raise ValueError(
                     "forward_forward needs units of one nn.Linear and an activation (an MLP such as "
                     f"localearn.models.mlp); unit {i + 1} has "
-                    f"{', '.join(bad) or f'{len(linears)} Linear layers'}"
+                    f"{', '.join(bad) or f'{len(found)} Linear layers'}"
                 )
-            widths.append(linears[0].out_features)
-        self.in_features = [m for m in self.units[0].modules() if isinstance(m, nn.Linear)][0].in_features
-        if self.in_features < num_classes:
-            raise ValueError(f"the input has {self.in_features} features, fewer than {num_classes} labels")
+            linears += found
+        if linears[0].in_features < num_classes:
+            raise ValueError(
+                f"the input has {linears[0].in_features} features, fewer than {num_classes} labels"
+            )
+        widths = [m.out_features for m in linears]
         self.thetas = [self.config.threshold * w for w in widths]
         # Goodness and the readout use units 2..L (Hinton); a one-unit network has only unit 1.
         self.scored = list(range(1, len(self.units))) if len(self.units) > 1 else [0]

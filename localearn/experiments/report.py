@@ -135,13 +135,12 @@ def _fmt(value: Any, spec: str = "{:.3f}") -> str:
     return spec.format(value) if isinstance(value, float) else str(value)
 
 
-def table_columns(baseline: str) -> list[tuple[str, str]]:
-    """(row key, format) in table order: identity, figures with spread, then ratios to the baseline."""
-    cols = [("algorithm", "{}"), ("dataset", "{}"), ("model", "{}"), ("runs", "{}"), ("seeds", "{}")]
-    for column, _, spec in FIGURES:
-        cols += [(column, spec), (f"{column} sd", spec)]
-    cols += [(f"{column} x{baseline}", "{:.3f}") for column, _, _ in FIGURES]
-    return cols + [("energy measured", "{}")]
+def csv_columns(baseline: str) -> list[str]:
+    """Row keys in CSV order: identity, each figure and its spread, then the ratios to the baseline."""
+    cols = ["algorithm", "dataset", "model", "runs", "seeds"]
+    for column, _, _ in FIGURES:
+        cols += [column, f"{column} sd"]
+    return cols + [f"{column} x{baseline}" for column, _, _ in FIGURES] + ["energy measured"]
 
 
 def display_table(rows: list[dict[str, Any]], baseline: str) -> tuple[list[str], list[list[str]]]:
@@ -277,7 +276,7 @@ def write_report(runs_dir: str | Path, baseline: str = "backprop", out: str | Pa
 
     with open(out / "report.csv", "w", newline="") as f:
         writer = csv.writer(f)
-        cols = [c for c, _ in table_columns(baseline)]
+        cols = csv_columns(baseline)
         writer.writerow(cols)
         writer.writerows([["" if row[c] is None else row[c] for c in cols] for row in rows])
     plots = _plots(runs, out)
