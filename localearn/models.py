@@ -79,25 +79,46 @@ MODEL_KINDS = ("mlp", "cnn")
 
 
 def from_spec(spec: str, input_shape: Sequence[int], num_classes: int) -> nn.Sequential:
-    """Build a network from a text spec: ``mlp:1000,1000`` (hidden sizes) or ``cnn:64,128,256`` (channels).
+    """Build a network from a text spec: ``kind[:sizes][:option...]``.
 
-    Used by the command line; the spec is recorded in every result so the run can be rebuilt.
+    ``mlp:1000,1000`` (hidden sizes), ``cnn:64,128,256`` (channels); options after the sizes name the
+    activation (relu, the default, tanh, elu, gelu) and ``nobias`` (MLP only), e.g. ``mlp:256,256:tanh``
+    or ``mlp:1024,1024:elu:nobias``. The spec is recorded in every result so the run can be rebuilt.
     """
-    kind, _, sizes = spec.partition(":")
+    kind, *fields = spec.split(":")
     if kind not in MODEL_KINDS:
-        raise ValueError(f"unknown model {spec!r}; valid: mlp:H1,H2,... or cnn:C1,C2,...")
+        raise ValueError(
+            f"unknown model {spec!r}; valid: mlp:H1,H2,... or cnn:C1,C2,..., then :activation or :nobias"
+        )
+    sizes, options = (fields[0], fields[1:]) if fields else ("", [])
     try:
         widths = [int(s) for s in sizes.split(",")] if sizes else None
     except ValueError:
         raise ValueError(
             f"model {spec!r}: sizes must be integers separated by commas, e.g. {kind}:1000,1000"
         ) from None
+    activation, bias = "relu", True
+    for option in options:
+        if option in ACTIVATIONS:
+            activation = option
+        elif option == "nobias" and kind == "mlp":
+            bias = False
+        else:
+            valid = [*ACTIVATIONS, *(["nobias"] if kind == "mlp" else [])]
+            raise ValueError(f"model {spec!r}: unknown option {option!r}; valid: {', '.join(valid)}")
     if kind == "mlp":
         features = 1
         for d in input_shape:
             features *= d
-        return mlp(features, widths if widths is not None else [1000, 1000], num_classes)
+        hidden = widths if widths is not None else [1000, 1000]
+        return mlp(features, hidden, num_classes, activation=activation, bias=bias)
     if len(input_shape) != 3 or input_shape[1] != input_shape[2]:
         raise ValueError(f"cnn needs square images [C, H, H]; the data has input shape {tuple(input_shape)}")
     channels, side = input_shape[0], input_shape[1]
-    return cnn(channels, num_classes, widths if widths is not None else (64, 128, 256), image_size=side)
+    return cnn(
+        channels,
+        num_classes,
+        widths if widths is not None else (64, 128, 256),
+        image_size=side,
+        activation=activation,
+    )

@@ -10,7 +10,11 @@ from localearn.algorithms import ALGORITHMS, HyperparameterError, make
 
 ALL = sorted(ALGORITHMS)
 # Steps large enough to learn the toy task in a few short epochs (FF's default suits 100-epoch MNIST runs).
-QUICK = {"forward_forward": {"lr": 1e-2}}
+QUICK = {
+    "forward_forward": {"lr": 1e-2},
+    "dfa": {"lr": 3e-3},
+    "forward_gradient": {"lr": 1e-2, "num_tangents": 8},  # FG-W's estimate is noisy: average 8 tangents
+}
 
 
 def build(name, features=20, hidden=(32, 32), classes=4, **hp):
@@ -30,33 +34,75 @@ def test_train_step_and_predict_shapes(name, blobs):
     assert not scores.requires_grad
 
 
-def weight_deltas(name, mutate, x, y):
-    """Update of every parameter on one batch, after ``mutate`` has changed the freshly built network."""
-    torch.manual_seed(0)
-    net = ll.models.mlp(6, [8, 8, 8], 3)
-    mutate(net)
-    algo = make(name, net, 3, input_shape=(6,), lr=0.1, optimizer="sgd", momentum=0.0)
-    before = copy.deepcopy(net.state_dict())
-    algo.train_step(x, y)
-    return {k: net.state_dict()[k] - before[k] for k in before}
+# Every registered rule with its defaults, plus the variants whose locality differs from the default's.
+CASES = [(name, {}) for name in ALL] + [("forward_gradient", {"variant": "local_activity"})]
+CASE_IDS = [name + "".join(f"-{v}" for v in hp.values()) for name, hp in CASES]
 
 
-@pytest.mark.parametrize("name", ALL)
-def test_locality_earlier_update_ignores_later_weights(name):
-    """Change unit 3's weights: under a local rule, units 1 and 2 make the same update on the same batch;
-    under backprop they do not (the test can fail both ways)."""
+def weight_deltas(name, hp, mutate, x, y):
+    """Update of every parameter on one batch, after ``mutate`` has changed the freshly built network.
+
+    Float64 throughout, so that "the same update" can be asserted to rounding error."""
+    default = torch.get_default_dtype()
+    torch.set_default_dtype(torch.float64)
+    try:
+        torch.manual_seed(0)
+        net = ll.models.mlp(6, [8, 8, 32], 3)
+        mutate(net)
+        algo = make(name, net, 3, input_shape=(6,), lr=0.1, optimizer="sgd", momentum=0.0, **hp)
+        before = copy.deepcopy(net.state_dict())
+        algo.train_step(x, y)
+        return algo.locality, {k: net.state_dict()[k] - before[k] for k in before}
+    finally:
+        torch.set_default_dtype(default)
+
+
+def batch(n=8):
     g = torch.Generator().manual_seed(0)
-    x, y = torch.randn(16, 6, generator=g), torch.randint(0, 3, (16,), generator=g)
+    return torch.randn(n, 6, generator=g, dtype=torch.float64), torch.randint(0, 3, (n,), generator=g)
 
-    def perturb_unit3(net):
-        with torch.no_grad():
-            net[2][0].weight.mul_(-3.0).add_(0.5)
 
-    plain = weight_deltas(name, lambda net: None, x, y)
-    perturbed = weight_deltas(name, perturb_unit3, x, y)
+def perturb_unit3(net):
+    with torch.no_grad():
+        net[2][0].weight.mul_(-3.0).add_(0.5)
+
+
+def assert_earlier_units(plain, perturbed, same):
     for key in ("0.1.weight", "0.1.bias", "1.0.weight"):  # units 1 and 2
         assert torch.any(plain[key] != 0), key
-        assert torch.allclose(plain[key], perturbed[key]) == ALGORITHMS[name].local, key
+        assert torch.allclose(plain[key], perturbed[key], rtol=1e-9, atol=1e-12) == same, key
+
+
+@pytest.mark.parametrize("name, hp", CASES, ids=CASE_IDS)
+def test_locality_earlier_update_ignores_later_weights(name, hp):
+    """Change unit 3's weights: under a local rule, units 1 and 2 make the same update on the same batch;
+    under any other (the output, and so its error, changes too) they do not. The test can fail both ways."""
+    x, y = batch()
+    locality, plain = weight_deltas(name, hp, lambda net: None, x, y)
+    _, perturbed = weight_deltas(name, hp, perturb_unit3, x, y)
+    assert_earlier_units(plain, perturbed, same=locality == "local")
+
+
+@pytest.mark.parametrize("name, hp", CASES, ids=CASE_IDS)
+def test_no_weight_transport(name, hp):
+    """Change unit 3's weights and refit the head so that the network's output on the batch is unchanged:
+    the earlier units' update is unchanged unless the rule carries the error back through the later
+    weights ("global": backprop, forward gradients of the end-to-end loss). DFA must pass this."""
+    x, y = batch()
+
+    def perturb_keeping_output(net):
+        with torch.no_grad():
+            hidden = net[1](net[0](x))
+            output = net[3](net[2](hidden))
+            perturb_unit3(net)
+            h3 = net[2](hidden)  # [8, 32]: rank 8, so the refit below is exact
+            head = net[3][0]
+            head.weight.copy_((torch.linalg.pinv(h3) @ (output - head.bias)).T)
+            assert torch.allclose(net(x), output, atol=1e-10)
+
+    locality, plain = weight_deltas(name, hp, lambda net: None, x, y)
+    _, perturbed = weight_deltas(name, hp, perturb_keeping_output, x, y)
+    assert_earlier_units(plain, perturbed, same=locality != "global")
 
 
 @pytest.mark.parametrize("name", ALL)

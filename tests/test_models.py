@@ -34,6 +34,8 @@ def test_from_spec(spec, shape, units):
         ("mlp:a,b", (20,), "integers"),
         ("cnn", (20,), "square images"),
         ("mlp:10", (20,), None),
+        ("mlp:10:swish", (20,), "unknown option 'swish'; valid: relu, tanh, elu, gelu, nobias"),
+        ("cnn:4:nobias", (3, 8, 8), "valid: relu, tanh, elu, gelu$"),
     ],
 )
 def test_from_spec_errors(spec, shape, match):
@@ -49,3 +51,12 @@ def test_bad_sizes_and_activation():
         models.mlp(10, [0], 2)
     with pytest.raises(ValueError, match="relu, tanh"):
         models.mlp(10, [4], 2, activation="swish")
+
+
+def test_from_spec_options():
+    net = models.from_spec("mlp:8,8:tanh:nobias", (6,), 3)
+    assert isinstance(net[0][2], torch.nn.Tanh) and net[0][1].bias is None and net[2][0].bias is None
+    assert isinstance(models.from_spec("cnn:4:elu", (3, 8, 8), 3)[0][1], torch.nn.ELU)
+    # No options: ReLU with biases, as before.
+    net = models.from_spec("mlp:8", (6,), 3)
+    assert isinstance(net[0][2], torch.nn.ReLU) and net[0][1].bias is not None

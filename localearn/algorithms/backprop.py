@@ -18,7 +18,7 @@ from .base import Algorithm, OptimizerConfig, make_optimizer
 class Backprop(Algorithm):
     name = "backprop"
     Config = OptimizerConfig
-    local = False
+    locality = "global"
 
     def __init__(self, net: nn.Module, num_classes: int, **kwargs: object) -> None:
         super().__init__(net, num_classes, **kwargs)

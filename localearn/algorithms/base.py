@@ -83,6 +83,44 @@ def units_of(net: nn.Module, algorithm: str) -> list[nn.Module]:
     return list(net.children())
 
 
+def unit_output_shapes(
+    units: Sequence[nn.Module], input_shape: Sequence[int] | None, num_classes: int, algorithm: str
+) -> list[tuple[int, ...]]:
+    """The output shape of every unit (no batch dimension), for rules that attach something to each unit.
+
+    With the input shape known this is one dry pass (any unit, convolutional ones included); without it
+    only units ending in an nn.Linear can be sized, and anything else asks for ``input_shape``.
+    """
+    if input_shape is not None:
+        device = next((p.device for u in units for p in u.parameters()), torch.device("cpu"))
+        shapes = []
+        with torch.no_grad():
+            a = torch.zeros(1, *input_shape, device=device)
+            for unit in units:
+                a = unit(a)
+                shapes.append(tuple(a.shape[1:]))
+        if shapes[-1] != (num_classes,):
+            raise ValueError(
+                f"the network's last unit gives outputs of shape {shapes[-1]}, expected ({num_classes},)"
+            )
+        return shapes
+    shapes = []
+    for i, unit in enumerate(units):
+        linears = [m for m in unit.modules() if isinstance(m, nn.Linear)]
+        if not linears or any(isinstance(m, nn.modules.conv._ConvNd) for m in unit.modules()):
+            raise ValueError(
+                f"{algorithm} cannot infer the output size of unit {i + 1} (no final nn.Linear); "
+                "pass input_shape=... to make() (the CLI and Trainer do)"
+            )
+        shapes.append((linears[-1].out_features,))
+    return shapes
+
+
+def linear_readout(unit_output_shape: Sequence[int], num_classes: int) -> nn.Module:
+    """A bias-free linear map from a unit's flattened output to class scores (a local classifier head)."""
+    return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(unit_output_shape), num_classes, bias=False))
+
+
 class Algorithm:
     """Base class of every learning rule. Subclasses set ``name`` and ``Config`` and implement the rule."""
 
@@ -90,7 +128,12 @@ class Algorithm:
     Config: ClassVar[type] = OptimizerConfig
     num_stages: int = 1  # > 1 for rules that train one unit at a time
     convolutional: ClassVar[bool] = True  # False: the rule refuses convolutional units with a clear error
-    local: ClassVar[bool] = True  # no gradient crosses a unit boundary (backprop: False)
+    # What the update of a unit may depend on besides its own input, parameters and the targets:
+    #   "local"         nothing else: no signal crosses a unit boundary (Mono-Forward, Forward-Forward)
+    #   "output_error"  the network's output error, carried by fixed matrices, never by later weights (DFA)
+    #   "global"        the weights above it (backprop, and forward gradients of the end-to-end loss)
+    # The locality tests check each claim; a rule whose locality depends on a variant overrides it.
+    locality: str = "local"
     monitors: ClassVar[tuple[str, ...]] = ("val_accuracy", "val_loss")  # what early stopping may watch
     monitor_note: ClassVar[str] = ""  # why a rule allows fewer monitors; stated in every config
 

@@ -30,7 +30,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Algorithm, OptimizerConfig, check_choice, make_optimizer, units_of
+from .base import (
+    Algorithm,
+    OptimizerConfig,
+    check_choice,
+    linear_readout,
+    make_optimizer,
+    unit_output_shapes,
+    units_of,
+)
 
 
 @dataclasses.dataclass
@@ -44,23 +52,6 @@ class MonoForwardConfig(OptimizerConfig):
         check_choice("prediction", self.prediction, ("last", "sum"))
 
 
-def _projection(unit: nn.Module, unit_output_shape: tuple[int, ...] | None, num_classes: int) -> nn.Module:
-    """M_i for one unit: flatten the unit's output and map it to class scores, no bias."""
-    if unit_output_shape is not None:
-        features = 1
-        for d in unit_output_shape:
-            features *= d
-    else:
-        linears = [m for m in unit.modules() if isinstance(m, nn.Linear)]
-        if not linears or any(isinstance(m, nn.modules.conv._ConvNd) for m in unit.modules()):
-            raise ValueError(
-                "mono_forward cannot infer the output size of a unit without a final nn.Linear; "
-                "pass input_shape=... to make() (the CLI and Trainer do)"
-            )
-        features = linears[-1].out_features
-    return nn.Sequential(nn.Flatten(), nn.Linear(features, num_classes, bias=False))
-
-
 class MonoForward(Algorithm):
     name = "mono_forward"
     Config = MonoForwardConfig
@@ -68,21 +59,10 @@ class MonoForward(Algorithm):
     def __init__(self, net: nn.Module, num_classes: int, **kwargs: Any) -> None:
         super().__init__(net, num_classes, **kwargs)
         units = units_of(net, self.name)
-        # Output shape of every unit, from one dry pass when the input shape is known (needed for conv units).
-        shapes: list[tuple[int, ...] | None] = [None] * len(units)
-        if self.input_shape is not None:
-            with torch.no_grad():
-                a = torch.zeros(1, *self.input_shape, device=self.device)
-                for i, unit in enumerate(units):
-                    a = unit(a)
-                    shapes[i] = tuple(a.shape[1:])
-            if shapes[-1] != (num_classes,):
-                raise ValueError(
-                    f"the network's last unit gives outputs of shape {shapes[-1]}, expected ({num_classes},)"
-                )
+        shapes = unit_output_shapes(units, self.input_shape, num_classes, self.name)
         # Local groups: (unit, its projection). The head is the projection of the last hidden unit.
         self.projections = nn.ModuleList(
-            _projection(units[i], shapes[i], num_classes) for i in range(len(units) - 2)
+            linear_readout(shapes[i], num_classes) for i in range(len(units) - 2)
         ).to(self.device)
         self.aux["projections"] = self.projections
         if len(units) >= 2:

@@ -173,10 +173,8 @@ def train_command(args: argparse.Namespace) -> int:
     net = models.from_spec(settings["model"], train.input_shape, train.num_classes).to(device)
     algo = make(args.algo, net, train.num_classes, input_shape=train.input_shape, **hparams)
     dataset_label = Path(args.dataset).name if Path(args.dataset).is_dir() else args.dataset
-    name = (
-        args.name
-        or f"{dataset_label}-{args.algo}-{settings['model'].replace(':', '').replace(',', 'x')}-s{args.seed}"
-    )
+    model_label = settings["model"].replace(":", "", 1).replace(":", "-").replace(",", "x")  # mlp256x256-tanh
+    name = args.name or f"{dataset_label}-{args.algo}-{model_label}-s{args.seed}"
     run_dir = run_dir_for(Path(args.out), name, args.resume)
     meter = None if args.no_energy else EnergyMeter(device, country_iso_code=args.country)
     try:

@@ -1,0 +1,191 @@
+"""Forward gradients (Baydin et al., "Gradients without backpropagation", 2022; Ren et al., "Scaling
+forward gradient with local losses", ICLR 2023).
+
+``variant="weight"`` (default; Baydin's FG-W): the end-to-end loss's gradient is estimated from
+directional derivatives along random tangents on the weights, each from one forward-mode pass
+(torch.func.jvp). No reverse pass runs at all:
+
+    v_k ~ N(0, I), shaped like every parameter, one per step shared by the whole batch (k = 1..K)
+    (L, L'(v_k)) = jvp(L, theta; v_k)          L'(v) = grad L . v
+    g = (1/K) sum_k L'(v_k) v_k                 unbiased: E[v v^T] = I
+    theta <- optimizer_step(theta, g)
+
+``variant="local_activity"`` (Ren et al.'s LG-FG-A idea on a plain stack): every hidden unit has its own
+classifier head and loss, and the noise goes on the unit's pre-activations, independently per example,
+through the unit's activation and its head only (stop-gradient between units):
+
+    z_i = pre_i(h_{i-1}.detach())               the unit up to its last layer with weights
+    h_i = post_i(z_i)                           the parameter-free rest: activation, pooling
+    L_i,n = CE(head_i(post_i(z_i,n)), y_n)      per example n
+    u_n,k ~ N(0, I), times the ReLU mask        inactive units get no credit (Ren, Sec. 3.6)
+    g_z,n = (1/K) sum_k (grad_z L_i,n . u_n,k) u_n,k / N       (N: the mean over the batch)
+    theta_i: g_z backpropagated through pre_i only (for a linear map, dW_i = g_z^T h_{i-1})
+    head_i: its exact local gradient
+
+The heads of hidden units 1..L-1 are auxiliary bias-free linear maps; the network's own head is the head
+of the last hidden unit and makes the prediction (as Mono-Forward's M_L). Where a sample of the estimate is
+needed, it comes from the rule's own generator (seeded from torch's global generator when the rule is
+built, saved with the state), so a resumed run draws the same tangents.
+
+BatchNorm is refused: its running statistics are written in place, which torch.func.jvp does not allow
+(research notes, anchors_ccl_dfa_fg_noprop_db.md section 3d); LayerNorm and GroupNorm work.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, jvp
+
+from .base import (
+    Algorithm,
+    HyperparameterError,
+    OptimizerConfig,
+    check_choice,
+    linear_readout,
+    make_optimizer,
+    unit_output_shapes,
+    units_of,
+)
+
+VARIANTS = ("weight", "local_activity")
+
+
+@dataclasses.dataclass
+class ForwardGradientConfig(OptimizerConfig):
+    variant: str = "weight"  # weight: tangents on all weights | local_activity: on each unit's activity
+    num_tangents: int = 1  # K: tangents averaged per step
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("variant", self.variant, VARIANTS)
+        if not isinstance(self.num_tangents, int) or self.num_tangents < 1:
+            raise HyperparameterError(f"num_tangents={self.num_tangents!r} must be an integer >= 1")
+
+
+def split_unit(unit: nn.Module) -> tuple[nn.Module, nn.Module]:
+    """(pre, post): the unit up to and including its last child with parameters, and the rest."""
+    children = list(unit.children()) if isinstance(unit, nn.Sequential) else [unit]
+    with_weights = [i for i, child in enumerate(children) if any(True for _ in child.parameters())]
+    if not with_weights:
+        raise ValueError(f"forward_gradient needs units with weights; this one has none: {unit}")
+    last = with_weights[-1]
+    return nn.Sequential(*children[: last + 1]), nn.Sequential(*children[last + 1 :])
+
+
+def local_losses(z: torch.Tensor, post: nn.Module, head: nn.Module, y: torch.Tensor) -> torch.Tensor:
+    """L_i,n: each example's loss from its pre-activations, through the activation and the unit's head."""
+    return F.cross_entropy(head(post(z)), y, reduction="none")
+
+
+class ForwardGradient(Algorithm):
+    name = "forward_gradient"
+    Config = ForwardGradientConfig
+
+    def __init__(self, net: nn.Module, num_classes: int, **kwargs: Any) -> None:
+        super().__init__(net, num_classes, **kwargs)
+        batch_norms = [m for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+        if batch_norms:
+            raise ValueError(
+                f"forward_gradient needs a network without BatchNorm (its running statistics change in "
+                f"place, which torch.func.jvp forbids); found {type(batch_norms[0]).__name__}. "
+                "Use LayerNorm or GroupNorm."
+            )
+        seed = int(torch.randint(2**62, ()))
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.readouts = nn.ModuleList()
+        if self.config.variant == "local_activity":
+            units = units_of(net, self.name)
+            shapes = unit_output_shapes(units, self.input_shape, num_classes, self.name)
+            self.readouts.extend(linear_readout(shapes[i], num_classes) for i in range(len(units) - 2))
+            self.readouts.to(self.device)
+            heads = [*self.readouts, units[-1]] if len(units) >= 2 else [nn.Identity()]
+            hidden = units[:-1] if len(units) >= 2 else units
+            # (pre, post, head) per hidden unit: where the noise goes, what it passes through, its loss.
+            self.groups = [(*split_unit(unit), head) for unit, head in zip(hidden, heads, strict=True)]
+        self.aux["readouts"] = self.readouts
+        c = self.config
+        params = [*net.parameters(), *self.readouts.parameters()]
+        self.optimizers = [make_optimizer(c.optimizer, params, c.lr, c.weight_decay, c.momentum)]
+
+    @property
+    def locality(self) -> str:
+        # FG-W perturbs every weight at once: its directional derivative runs through the later weights.
+        return "global" if self.config.variant == "weight" else "local"
+
+    def tangent_like(self, t: torch.Tensor) -> torch.Tensor:
+        return torch.randn(t.shape, generator=self.generator, device=t.device, dtype=t.dtype)
+
+    # -- variant "weight": tangents on every parameter, one jvp per tangent ----------------------------
+    def weight_gradients(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        params = {name: p.detach() for name, p in self.net.named_parameters()}
+        buffers = dict(self.net.named_buffers())
+
+        def loss_of(p: dict[str, torch.Tensor]) -> torch.Tensor:
+            return F.cross_entropy(functional_call(self.net, (p, buffers), (x,)), y)
+
+        estimate = {name: torch.zeros_like(p) for name, p in params.items()}
+        for _ in range(self.config.num_tangents):
+            tangents = {name: self.tangent_like(p) for name, p in params.items()}
+            loss, derivative = jvp(loss_of, (params,), (tangents,))
+            for name, v in tangents.items():
+                estimate[name] += derivative * v / self.config.num_tangents  # no host sync
+        for name, p in self.net.named_parameters():
+            p.grad = estimate[name]
+        return {"loss": loss}
+
+    # -- variant "local_activity": per-example tangents on each unit's pre-activations -----------------
+    def activity_gradients(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        stats: dict[str, torch.Tensor] = {}
+        h = x
+        for i, (pre, post, head) in enumerate(self.groups):
+            z = pre(h.detach())  # the unit boundary: nothing flows to earlier units
+            z_point = z.detach()
+            per_example_loss = functools.partial(local_losses, post=post, head=head, y=y)
+
+            # Only active ReLU units can change the loss; perturbing the others only adds variance.
+            mask = (z_point > 0).to(z.dtype) if len(post) and isinstance(post[0], nn.ReLU) else None
+            grad_z = torch.zeros_like(z_point)
+            with torch.no_grad():
+                for _ in range(self.config.num_tangents):
+                    u = self.tangent_like(z_point)
+                    if mask is not None:
+                        u = u * mask
+                    _, derivative = jvp(per_example_loss, (z_point,), (u,))  # [N]: one per example
+                    grad_z += derivative.view(-1, *[1] * (u.dim() - 1)) * u
+            grad_z /= self.config.num_tangents * len(y)  # the mean loss over the batch
+            h = post(z_point)
+            loss = F.cross_entropy(head(h.detach()), y)  # exact local gradient for the head
+            # Disjoint graphs again: the unit's weights from grad_z, the head from its loss.
+            torch.autograd.backward([z, loss], [grad_z, None])
+            stats[f"loss_unit{i + 1}"] = loss.detach()
+        stats["loss"] = stats[f"loss_unit{len(self.groups)}"]
+        return stats
+
+    def compute_gradients(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Fill ``.grad`` of every trained parameter with this step's forward-gradient estimate."""
+        if self.config.variant == "weight":
+            return self.weight_gradients(x, y)
+        return self.activity_gradients(x, y)
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        (optimizer,) = self.optimizers
+        optimizer.zero_grad(set_to_none=True)
+        stats = self.compute_gradients(x, y)
+        optimizer.step()
+        return stats
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"generator": self.generator.get_state()}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.generator.set_state(state["generator"])

@@ -1,0 +1,127 @@
+"""Forward gradients: no reverse pass for FG-W, unbiased estimates for both variants, clear refusals."""
+
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import localearn as ll
+from localearn.algorithms import HyperparameterError, make
+
+
+def fg(hidden=(8,), features=6, classes=3, **hp):
+    torch.manual_seed(0)
+    net = ll.models.mlp(features, list(hidden), classes)
+    return make("forward_gradient", net, classes, input_shape=(features,), **hp)
+
+
+def flat_grads(params):
+    return torch.cat([p.grad.flatten() for p in params])
+
+
+def cosine(a, b):
+    return float(F.cosine_similarity(a, b, dim=0))
+
+
+def forbid_reverse_mode(monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a reverse pass ran")
+
+    monkeypatch.setattr(torch.autograd, "backward", refuse)
+    monkeypatch.setattr(torch.autograd, "grad", refuse)
+    monkeypatch.setattr(torch.Tensor, "backward", refuse)
+
+
+def test_weight_variant_trains_with_no_reverse_pass_at_all(blobs, monkeypatch):
+    train, val, test = blobs
+    torch.manual_seed(0)
+    algo = make("forward_gradient", ll.models.mlp(20, [32, 32], 4), 4, lr=1e-2, num_tangents=8)
+    forbid_reverse_mode(monkeypatch)
+    result = ll.Trainer(algo, train, val, test, epochs=8, batch_size=32, progress=False).fit()
+    assert result.test_accuracy > 0.9
+    # The patch bites: the local_activity variant, which backpropagates within a unit, is stopped by it.
+    other = make("forward_gradient", ll.models.mlp(20, [32], 4), 4, variant="local_activity")
+    with pytest.raises(AssertionError, match="reverse pass"):
+        other.train_step(train.x[:8], train.y[:8])
+
+
+def test_weight_variant_is_unbiased(monkeypatch):
+    """Averaged over many tangents, the estimate lines up with the true gradient; one tangent does not."""
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(16, 6, generator=g), torch.randint(0, 3, (16,), generator=g)
+    exact = fg()
+    F.cross_entropy(exact.net(x), y).backward()
+    true = flat_grads(exact.net.parameters())
+    cosines = {}
+    for tangents in (1, 4000):
+        algo = fg(num_tangents=tangents)
+        algo.compute_gradients(x, y)
+        cosines[tangents] = cosine(flat_grads(algo.net.parameters()), true)
+    assert cosines[4000] > 0.95
+    assert cosines[1] < 0.6  # 83 parameters: a single tangent's estimate is mostly noise
+
+
+def test_local_activity_is_unbiased_for_each_units_local_loss():
+    """The estimate of unit i is the gradient of its own local loss (not the end-to-end one); heads exact."""
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(16, 6, generator=g), torch.randint(0, 3, (16,), generator=g)
+    algo = fg(hidden=(8, 8), variant="local_activity", num_tangents=4000)
+    net, readout = algo.net, algo.readouts[0]
+    # True local gradients: unit 1 with its readout, unit 2 (its input detached) with the network's head.
+    h1 = net[0](x)
+    loss1 = F.cross_entropy(readout(h1), y)
+    loss2 = F.cross_entropy(net[2](net[1](h1.detach())), y)
+    unit1, unit2 = list(net[0].parameters()), list(net[1].parameters())
+    true1 = torch.autograd.grad(loss1, unit1 + list(readout.parameters()))
+    true2 = torch.autograd.grad(loss2, unit2 + list(net[2].parameters()))
+    algo.compute_gradients(x, y)
+    assert cosine(flat_grads(unit1), torch.cat([t.flatten() for t in true1[:2]])) > 0.95
+    assert cosine(flat_grads(unit2), torch.cat([t.flatten() for t in true2[:2]])) > 0.95
+    # The heads get their exact local gradients.
+    assert torch.allclose(readout[1].weight.grad, true1[2], atol=1e-6)
+    assert torch.allclose(net[2][0].weight.grad, true2[2], atol=1e-6)
+
+
+def test_local_activity_draws_noise_per_example():
+    """Two copies of one example in a batch get different perturbations: the estimate for the duplicated
+    batch is not the single-example estimate (as it would be with one tangent shared by the batch)."""
+    algo = fg(variant="local_activity")
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(1, 6, generator=g), torch.tensor([2])
+    state = algo.generator.get_state()
+    algo.compute_gradients(x.repeat(2, 1), y.repeat(2))
+    pair = algo.net[0][1].weight.grad.clone()
+    algo.net.zero_grad()
+    algo.generator.set_state(state)
+    algo.compute_gradients(x, y)
+    assert not torch.allclose(pair, algo.net[0][1].weight.grad)
+
+
+def test_locality_follows_the_variant():
+    assert fg().locality == "global"
+    assert fg(variant="local_activity").locality == "local"
+
+
+def test_refuses_batch_norm_and_bad_hyperparameters():
+    net = torch.nn.Sequential(
+        torch.nn.Sequential(torch.nn.Linear(4, 4), torch.nn.BatchNorm1d(4)), torch.nn.Linear(4, 2)
+    )
+    with pytest.raises(ValueError, match="BatchNorm1d.*LayerNorm"):
+        make("forward_gradient", net, 2)
+    with pytest.raises(HyperparameterError, match="weight, local_activity"):
+        fg(variant="node")
+    with pytest.raises(HyperparameterError, match="num_tangents=0"):
+        fg(num_tangents=0)
+
+
+@pytest.mark.parametrize("variant", ["weight", "local_activity"])
+def test_resume_draws_the_same_tangents(variant, blobs):
+    train = blobs[0]
+    a = fg(hidden=(16,), features=20, classes=4, variant=variant)
+    a.train_step(train.x[:32], train.y[:32])
+    b = fg(hidden=(16,), features=20, classes=4, variant=variant)
+    b.load_state_dict(copy.deepcopy(a.state_dict()))  # Adam's state tensors would be shared otherwise
+    a.train_step(train.x[32:64], train.y[32:64])
+    b.train_step(train.x[32:64], train.y[32:64])
+    assert torch.equal(a.net[0][1].weight, b.net[0][1].weight)
