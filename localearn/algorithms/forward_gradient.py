@@ -18,14 +18,21 @@ through the unit's activation and its head only (stop-gradient between units):
     h_i = post_i(z_i)                           the parameter-free rest: activation, pooling
     L_i,n = CE(head_i(post_i(z_i,n)), y_n)      per example n
     u_n,k ~ N(0, I), times the ReLU mask        inactive units get no credit (Ren, Sec. 3.6)
-    g_z,n = (1/K) sum_k (grad_z L_i,n . u_n,k) u_n,k / N       (N: the mean over the batch)
+    u_n,k,g = u_n,k restricted to feature group g = 1..G (``groups``, contiguous, channels first)
+    g_z,n = (1/K) sum_k sum_g (grad_z L_i,n . u_n,k,g) u_n,k,g / N     (N: the mean over the batch)
     theta_i: g_z backpropagated through pre_i only (for a linear map, dW_i = g_z^T h_{i-1})
     head_i: its exact local gradient
 
+With G > 1 each group is credited only for its own perturbation, as Ren et al.'s replicated group-wise
+losses with stop-gradient: the estimate stays unbiased and its variance falls with the number of features
+each directional derivative covers (G jvps per tangent, through the activation and the head only). G = 1
+is plain activity perturbation; at G = the unit's width every feature gets its exact derivative times
+u^2, so only the scale is noisy.
+
 The heads of hidden units 1..L-1 are auxiliary bias-free linear maps; the network's own head is the head
-of the last hidden unit and makes the prediction (as Mono-Forward's M_L). Where a sample of the estimate is
-needed, it comes from the rule's own generator (seeded from torch's global generator when the rule is
-built, saved with the state), so a resumed run draws the same tangents.
+of the last hidden unit and makes the prediction (as Mono-Forward's M_L). Tangents come from the rule's
+own generator (seeded from torch's global generator when the rule is built, saved with the state), so a
+resumed run draws the same tangents.
 
 BatchNorm is refused: its running statistics are written in place, which torch.func.jvp does not allow
 (research notes, anchors_ccl_dfa_fg_noprop_db.md section 3d); LayerNorm and GroupNorm work.
@@ -40,7 +47,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.func import functional_call, jvp
+from torch.func import functional_call, jvp, vmap
 
 from .base import (
     Algorithm,
@@ -60,12 +67,15 @@ VARIANTS = ("weight", "local_activity")
 class ForwardGradientConfig(OptimizerConfig):
     variant: str = "weight"  # weight: tangents on all weights | local_activity: on each unit's activity
     num_tangents: int = 1  # K: tangents averaged per step
+    groups: int = 1  # local_activity: G groups of a unit's features, each perturbed on its own
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_choice("variant", self.variant, VARIANTS)
         if not isinstance(self.num_tangents, int) or self.num_tangents < 1:
             raise HyperparameterError(f"num_tangents={self.num_tangents!r} must be an integer >= 1")
+        if not isinstance(self.groups, int) or self.groups < 1:
+            raise HyperparameterError(f"groups={self.groups!r} must be an integer >= 1")
 
 
 def split_unit(unit: nn.Module) -> tuple[nn.Module, nn.Module]:
@@ -81,6 +91,11 @@ def split_unit(unit: nn.Module) -> tuple[nn.Module, nn.Module]:
 def local_losses(z: torch.Tensor, post: nn.Module, head: nn.Module, y: torch.Tensor) -> torch.Tensor:
     """L_i,n: each example's loss from its pre-activations, through the activation and the unit's head."""
     return F.cross_entropy(head(post(z)), y, reduction="none")
+
+
+def directional_derivative(u: Any, f: Any, at: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """(f(at), grad f(at) . u), by one forward-mode pass."""
+    return jvp(f, (at,), (u,))
 
 
 class ForwardGradient(Algorithm):
@@ -107,7 +122,7 @@ class ForwardGradient(Algorithm):
             heads = [*self.readouts, units[-1]] if len(units) >= 2 else [nn.Identity()]
             hidden = units[:-1] if len(units) >= 2 else units
             # (pre, post, head) per hidden unit: where the noise goes, what it passes through, its loss.
-            self.groups = [(*split_unit(unit), head) for unit, head in zip(hidden, heads, strict=True)]
+            self.local_units = [(*split_unit(unit), head) for unit, head in zip(hidden, heads, strict=True)]
         self.aux["readouts"] = self.readouts
         c = self.config
         params = [*net.parameters(), *self.readouts.parameters()]
@@ -118,8 +133,17 @@ class ForwardGradient(Algorithm):
         # FG-W perturbs every weight at once: its directional derivative runs through the later weights.
         return "global" if self.config.variant == "weight" else "local"
 
-    def tangent_like(self, t: torch.Tensor) -> torch.Tensor:
-        return torch.randn(t.shape, generator=self.generator, device=t.device, dtype=t.dtype)
+    def group_masks(self, z: torch.Tensor) -> torch.Tensor:
+        """[G, *features]: 0/1 masks over one example's activity, G blocks of contiguous features."""
+        features = z[0].numel()
+        masks = torch.zeros(self.config.groups, features, device=z.device, dtype=z.dtype)
+        for g, block in enumerate(torch.arange(features).tensor_split(self.config.groups)):
+            masks[g, block] = 1.0
+        return masks.view(self.config.groups, *z.shape[1:])
+
+    def tangent_like(self, t: torch.Tensor, count: int) -> torch.Tensor:
+        """``count`` standard normal tangents shaped like ``t``, stacked: [count, *t.shape]."""
+        return torch.randn((count, *t.shape), generator=self.generator, device=t.device, dtype=t.dtype)
 
     # -- variant "weight": tangents on every parameter, one jvp per tangent ----------------------------
     def weight_gradients(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -129,12 +153,15 @@ class ForwardGradient(Algorithm):
         def loss_of(p: dict[str, torch.Tensor]) -> torch.Tensor:
             return F.cross_entropy(functional_call(self.net, (p, buffers), (x,)), y)
 
-        estimate = {name: torch.zeros_like(p) for name, p in params.items()}
-        for _ in range(self.config.num_tangents):
-            tangents = {name: self.tangent_like(p) for name, p in params.items()}
-            loss, derivative = jvp(loss_of, (params,), (tangents,))
-            for name, v in tangents.items():
-                estimate[name] += derivative * v / self.config.num_tangents  # no host sync
+        # All K tangents at once: one batched forward-mode pass (vmap over the tangents).
+        k = self.config.num_tangents
+        tangents = {name: self.tangent_like(p, k) for name, p in params.items()}
+        losses, derivatives = vmap(functools.partial(directional_derivative, f=loss_of, at=params))(tangents)
+        loss = losses[0]
+        estimate = {
+            name: torch.tensordot(derivatives, v, dims=1) / k  # (1/K) sum_k L'(v_k) v_k
+            for name, v in tangents.items()
+        }
         for name, p in self.net.named_parameters():
             p.grad = estimate[name]
         return {"loss": loss}
@@ -143,28 +170,32 @@ class ForwardGradient(Algorithm):
     def activity_gradients(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         stats: dict[str, torch.Tensor] = {}
         h = x
-        for i, (pre, post, head) in enumerate(self.groups):
+        for i, (pre, post, head) in enumerate(self.local_units):
             z = pre(h.detach())  # the unit boundary: nothing flows to earlier units
             z_point = z.detach()
             per_example_loss = functools.partial(local_losses, post=post, head=head, y=y)
 
             # Only active ReLU units can change the loss; perturbing the others only adds variance.
             mask = (z_point > 0).to(z.dtype) if len(post) and isinstance(post[0], nn.ReLU) else None
-            grad_z = torch.zeros_like(z_point)
+            k, groups = self.config.num_tangents, self.group_masks(z_point)
+            u = self.tangent_like(z_point, k)  # [K, N, ...]
+            if mask is not None:
+                u = u * mask
+            # Each tangent's blocks, zero outside their group: one directional derivative per tangent,
+            # group and example, so a group is credited only for its own perturbation.
+            split = (u.unsqueeze(1) * groups.unsqueeze(1)).flatten(0, 1)  # [K * G, N, ...]
             with torch.no_grad():
-                for _ in range(self.config.num_tangents):
-                    u = self.tangent_like(z_point)
-                    if mask is not None:
-                        u = u * mask
-                    _, derivative = jvp(per_example_loss, (z_point,), (u,))  # [N]: one per example
-                    grad_z += derivative.view(-1, *[1] * (u.dim() - 1)) * u
+                _, derivatives = vmap(
+                    functools.partial(directional_derivative, f=per_example_loss, at=z_point)
+                )(split)  # [K * G, N]
+            grad_z = (derivatives.view(*derivatives.shape, *[1] * (z.dim() - 1)) * split).sum(0)
             grad_z /= self.config.num_tangents * len(y)  # the mean loss over the batch
             h = post(z_point)
             loss = F.cross_entropy(head(h.detach()), y)  # exact local gradient for the head
             # Disjoint graphs again: the unit's weights from grad_z, the head from its loss.
             torch.autograd.backward([z, loss], [grad_z, None])
             stats[f"loss_unit{i + 1}"] = loss.detach()
-        stats["loss"] = stats[f"loss_unit{len(self.groups)}"]
+        stats["loss"] = stats[f"loss_unit{len(self.local_units)}"]
         return stats
 
     def compute_gradients(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
