@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Accuracy against the papers (issue 2): Mono-Forward and backprop on the presets' networks, CPU.
-# Usage: LOCALEARN_DATA=../shared/data bash benchmarks/accuracy.sh [mnist|cifar10|all] > benchmarks/out/accuracy.log
+# Usage: LOCALEARN_DATA=../shared/data bash benchmarks/accuracy.sh [mnist|cifar10|ff|dfa|fg|all] > benchmarks/out/accuracy.log
 # Every run goes through the command line, so the figures are the ones a user gets.
 set -euo pipefail
 which=${1:-all}
@@ -21,4 +21,24 @@ if [[ $which == ff || $which == all ]]; then
   # (Hinton's 60 epochs), patience 10 on validation accuracy; beside it backprop on the same network.
   run mnist --algo forward_forward --seed 0 --epochs 60 ${FF_ARGS:-}
   run mnist --algo backprop --seed 0 --model mlp:1000,1000,1000 --batch-size 100 --epochs 60
+fi
+if [[ $which == dfa || $which == all ]]; then
+  # DFA on the CCL paper's tanh MLPs (its presets, spelled out), SGD (momentum 0.9), patience 10; backprop
+  # beside it on the same network, optimizer, learning rate and stopping rule.
+  mnist_dfa=(--model mlp:256,256,256,256,256:tanh --batch-size 128 --lr 0.1 --hp optimizer=sgd --epochs 100)
+  run mnist --algo dfa --seed 0 "${mnist_dfa[@]}"
+  run mnist --algo backprop --seed 0 "${mnist_dfa[@]}"
+  cifar_dfa=(--model mlp:1024,1024,1024:tanh --no-augment --lr 0.01 --hp optimizer=sgd --epochs "${CIFAR_EPOCHS:-40}")
+  run cifar10 --algo dfa --seed 0 "${cifar_dfa[@]}"
+  run cifar10 --algo backprop --seed 0 "${cifar_dfa[@]}"
+fi
+if [[ $which == fg || $which == all ]]; then
+  # Forward gradients on MNIST, 1024-1024 ReLU MLP: FG-W (plain SGD, small step, 30-epoch cap: it learns
+  # slowly), local_activity (Adam 1e-4, 32 features per directional derivative, 60-epoch cap), and
+  # backprop (its MNIST preset, Adam 1e-3) on the same network.
+  run mnist --algo forward_gradient --seed 0 --model mlp:1024,1024 --lr 1e-5 --hp optimizer=sgd --epochs 30 \
+    --name mnist-forward_gradient_weight-mlp1024x1024-s0
+  run mnist --algo forward_gradient --seed 0 --model mlp:1024,1024 --hp variant=local_activity --hp groups=32 \
+    --lr 1e-4 --epochs 60 --name mnist-forward_gradient_local_activity-mlp1024x1024-s0
+  run mnist --algo backprop --seed 0 --model mlp:1024,1024 --epochs 60
 fi

@@ -140,3 +140,24 @@ def test_help_lists_algorithms_and_hyperparameters(capsys):
         main(["--help"])
     out = capsys.readouterr().out
     assert all(name in out for name in ALGORITHMS) and "schedule=" in out
+
+
+@pytest.mark.parametrize(
+    "argv, model, expected",
+    [
+        (["mnist", "--algo", "dfa"], "mlp:256,256,256,256,256:tanh", {"optimizer": "sgd", "lr": 0.1}),
+        (["mnist", "--algo", "forward_gradient"], "mlp:1024,1024", {"optimizer": "sgd", "lr": 1e-5}),
+        # A variant brings its own preset, over the dataset's; the command line still wins.
+        (
+            ["mnist", "--algo", "forward_gradient", "--hp", "variant=local_activity", "--lr", "1e-3"],
+            "mlp:1024,1024",
+            {"variant": "local_activity", "optimizer": "adam", "lr": 1e-3, "groups": 32},
+        ),
+    ],
+)
+def test_presets_follow_the_algorithm_and_variant(argv, model, expected):
+    from localearn.experiments.__main__ import build_parser, resolve_settings
+
+    settings, hparams = resolve_settings(build_parser().parse_args(argv))
+    assert settings["model"] == model
+    assert hparams == expected

@@ -141,16 +141,17 @@ def run_dir_for(out: Path, name: str, resume: bool) -> Path:
 
 def resolve_settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
     """(run settings, hyperparameters): presets overridden by the command line, checked before any work."""
-    settings, hparams = preset_for(args.dataset, args.algo)
+    cli_hparams = parse_hparams(args.algo, args.hp)
+    settings, hparams = preset_for(args.dataset, args.algo, cli_hparams.get("variant"))
     for key in RUN_SETTINGS:
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
     if args.lr is not None:
         hparams["lr"] = args.lr
-    hparams.update(parse_hparams(args.algo, args.hp))
+    hparams.update(cli_hparams)
     get_algorithm(args.algo).Config(**hparams)  # bad values fail here, before any data is loaded
     if settings["model"] == "mlp":  # the preset's MLP sizes, written out so that the result names them
-        preset_model = preset_for(args.dataset, args.algo)[0]["model"]
+        preset_model = preset_for(args.dataset, args.algo, cli_hparams.get("variant"))[0]["model"]
         settings["model"] = preset_model if preset_model.startswith("mlp:") else "mlp:1000,1000"
     elif settings["model"] == "cnn":
         settings["model"] = "cnn:64,128,256"
