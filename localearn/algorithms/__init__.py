@@ -10,13 +10,14 @@ from torch import nn
 
 from .backprop import Backprop
 from .base import Algorithm, HyperparameterError
+from .counter_current import CounterCurrent
 from .dfa import DFA
 from .forward_forward import ForwardForward
 from .forward_gradient import ForwardGradient
 from .mono_forward import MonoForward
 
 ALGORITHMS: dict[str, type[Algorithm]] = {
-    cls.name: cls for cls in (Backprop, DFA, ForwardForward, ForwardGradient, MonoForward)
+    cls.name: cls for cls in (Backprop, CounterCurrent, DFA, ForwardForward, ForwardGradient, MonoForward)
 }
 
 

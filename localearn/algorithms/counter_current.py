@@ -1,0 +1,195 @@
+"""Counter-current learning (Kao and Hariharan, NeurIPS 2024, arXiv 2409.19841).
+
+Two networks run in opposite directions: the forward network from the input up, a feedback network the
+algorithm builds from the targets down. Both cut the graph at every unit input (stop-gradient, SG):
+
+    a_0 = x,  a_l = f_l(SG(a_{l-1}))          forward units l = 1..L-1 (the network's hidden units)
+    logits = U_L(SG(a_{L-1}))                 the network's head, trained by CE(logits, y) only
+    b_L = targets,  b_{l-1} = g_l(SG(b_l))    feedback units l = L..1, g_l shaped like f_l reversed
+    loss = CE(logits, y) + sum_{l=0}^{L-1} D(a_l, b_l)
+
+Pair l updates forward unit l (through a_l) and feedback unit l+1 (through b_l); the input pair (x, b_0)
+trains only the lowest feedback unit. The CE term reaches only the head: the feedback network gets no
+gradient from it.
+
+The pair loss D, ``loss`` (research notes, anchors_ccl_dfa_fg_noprop_db.md section 1a; the official code
+differs from the paper's equation):
+- ``code`` (default; IandRover/CCL-NeurIPS24): the feedback network runs on all C class one-hots
+  (targets = I_C), so B_l is [C, d_l] and A_l (flattened a_l) is [N, d_l]; the target is onehot(y) [N, C].
+  MLPs: D = MSE(A B^T, onehot(y)) / d_l * 0.5 * 256  (no normalisation).
+  Convolutional networks: rows L2-normalised, A^ = A/|A|, B^ = B/|B|, and decorrelation terms:
+  D = MSE(A^ B^^T, onehot(y)) + 0.5 * (MSE(A^ A^^T, I_N) + MSE(B^ B^^T, I_C)).
+- ``paper`` (Eq. 2): the feedback network runs on the batch's own labels (targets = onehot(y), B_l is
+  [N, d_l]) and D = |norm(A) norm(B)^T - I_N|_F^2 / N, rows L2-normalised (squared Frobenius norm per
+  example).
+
+Feedback units mirror the forward ones: a unit whose output is a vector gets a bias-free Linear back to its
+input's size (reshaped to the input's shape); a convolutional unit gets nearest-neighbour upsampling to its
+input's height and width and a 3x3 convolution back to its input channels. Every feedback unit ends in
+``feedback_activation`` (ELU, as the reference code, which also uses ELU and no bias in the forward MLP:
+``mlp:256,256:elu:nobias``).
+
+Two optimizers, one per network (``lr`` and ``feedback_lr``), each network's gradient clipped to its own
+norm ``clip`` (0: none). The reference MLP runs use plain SGD, lr 1 for both, clip 1, batch 256: the
+defaults here. Clipping a whole network's norm couples its units through that one scalar (a unit's step
+shrinks when another's gradient is large); no gradient crosses a unit boundary, and with ``clip=0`` the
+units are fully independent.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..models import ACTIVATIONS
+from .base import (
+    Algorithm,
+    OptimizerConfig,
+    check_choice,
+    check_positive,
+    make_optimizer,
+    unit_output_shapes,
+    units_of,
+)
+
+LOSSES = ("code", "paper")
+
+
+@dataclasses.dataclass
+class CounterCurrentConfig(OptimizerConfig):
+    lr: float = 1.0  # forward network
+    optimizer: str = "sgd"
+    momentum: float = 0.0
+    feedback_lr: float = 0.0  # feedback network; 0: the same as lr
+    clip: float = 1.0  # gradient-norm clip per network; 0: none
+    loss: str = "code"  # code | paper
+    feedback_activation: str = "elu"
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_positive("feedback_lr", self.feedback_lr, allow_zero=True)
+        check_positive("clip", self.clip, allow_zero=True)
+        check_choice("loss", self.loss, LOSSES)
+        check_choice("feedback_activation", self.feedback_activation, tuple(ACTIVATIONS))
+
+
+class Reshape(nn.Module):
+    def __init__(self, shape: tuple[int, ...]) -> None:
+        super().__init__()
+        self.shape = shape
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.view(len(x), *self.shape)
+
+
+def feedback_unit(in_shape: tuple[int, ...], out_shape: tuple[int, ...], activation: str) -> nn.Module:
+    """g_l: maps a forward unit's output shape back to its input shape."""
+    if len(out_shape) == 3 and len(in_shape) == 3:  # convolutional: upsample, then a 3x3 convolution
+        return nn.Sequential(
+            nn.Upsample(size=in_shape[1:], mode="nearest"),
+            nn.Conv2d(out_shape[0], in_shape[0], 3, padding=1, bias=False),
+            ACTIVATIONS[activation](),
+        )
+    return nn.Sequential(
+        nn.Flatten(),
+        nn.Linear(math.prod(out_shape), math.prod(in_shape), bias=False),
+        ACTIVATIONS[activation](),
+        Reshape(in_shape),
+    )
+
+
+def _rows_normalised(m: torch.Tensor) -> torch.Tensor:
+    return F.normalize(m, dim=1)
+
+
+def pair_loss(a: torch.Tensor, b: torch.Tensor, y: torch.Tensor, loss: str, normalised: bool) -> torch.Tensor:
+    """D(a_l, b_l) for one pair, as the module docstring gives it. a: [N, ...]; b: [C or N, ...]."""
+    a, b = a.flatten(1), b.flatten(1)
+    if loss == "paper":
+        target = torch.eye(len(a), device=a.device, dtype=a.dtype)
+        # The squared Frobenius norm per example: a mean over all N^2 entries would shrink the diagonal,
+        # the part that carries the labels, by 1/N.
+        return F.mse_loss(_rows_normalised(a) @ _rows_normalised(b).T, target, reduction="sum") / len(a)
+    target = F.one_hot(y, len(b)).to(a.dtype)
+    if not normalised:
+        return F.mse_loss(a @ b.T, target) / a.shape[1] * 0.5 * 256
+    a, b = _rows_normalised(a), _rows_normalised(b)
+    eye_a = torch.eye(len(a), device=a.device, dtype=a.dtype)
+    eye_b = torch.eye(len(b), device=a.device, dtype=a.dtype)
+    return F.mse_loss(a @ b.T, target) + 0.5 * (F.mse_loss(a @ a.T, eye_a) + F.mse_loss(b @ b.T, eye_b))
+
+
+class CounterCurrent(Algorithm):
+    name = "counter_current"
+    Config = CounterCurrentConfig
+
+    def __init__(self, net: nn.Module, num_classes: int, **kwargs: Any) -> None:
+        super().__init__(net, num_classes, **kwargs)
+        units = units_of(net, self.name)
+        if len(units) < 2:
+            raise ValueError("counter_current needs at least one hidden unit before the head")
+        if self.input_shape is None:
+            raise ValueError(
+                "counter_current needs input_shape=... to build its feedback network (the CLI and Trainer do)"
+            )
+        self.hidden_units, self.head = units[:-1], units[-1]
+        shapes = [self.input_shape, *unit_output_shapes(units, self.input_shape, num_classes, self.name)]
+        c = self.config
+        # feedback[l] is g_{l+1}: from unit l+1's output shape back to its input shape (l = 0..L-1).
+        self.feedback = nn.ModuleList(
+            feedback_unit(shapes[i], shapes[i + 1], c.feedback_activation) for i in range(len(units))
+        ).to(self.device)
+        self.aux["feedback"] = self.feedback
+        # The code's normalised pair loss belongs to convolutional networks (its CNN script).
+        self.normalised = any(isinstance(m, nn.modules.conv._ConvNd) for m in net.modules())
+        feedback_lr = c.feedback_lr or c.lr
+        self.optimizers = [
+            make_optimizer(c.optimizer, net.parameters(), c.lr, c.weight_decay, c.momentum),
+            make_optimizer(c.optimizer, self.feedback.parameters(), feedback_lr, c.weight_decay, c.momentum),
+        ]
+
+    def losses(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The step's losses, each on its own graph: "ce" (the head) and "pair{l}" for l = 0..L-1."""
+        # Forward network, SG at every unit input.
+        activations, a = [x], x
+        for unit in self.hidden_units:
+            a = unit(a.detach())
+            activations.append(a)
+        logits = self.head(a.detach())
+        # Feedback network from the targets down, SG at every unit input.
+        if self.config.loss == "code":
+            b = torch.eye(self.num_classes, device=x.device, dtype=x.dtype)  # every class, not the batch
+        else:
+            b = F.one_hot(y, self.num_classes).to(x.dtype)
+        feedback_outputs = []
+        for unit in reversed(self.feedback):  # g_L, ..., g_1
+            b = unit(b.detach())
+            feedback_outputs.append(b)
+        feedback_outputs.reverse()  # b_0, ..., b_{L-1}
+        out = {"ce": F.cross_entropy(logits, y)}
+        for i, (a_i, b_i) in enumerate(zip(activations, feedback_outputs, strict=True)):
+            out[f"pair{i}"] = pair_loss(a_i, b_i, y, self.config.loss, self.normalised)
+        return out
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        losses = self.losses(x, y)
+        for opt in self.optimizers:
+            opt.zero_grad(set_to_none=True)
+        sum(losses.values()).backward()
+        if self.config.clip > 0:  # per network, as the reference
+            nn.utils.clip_grad_norm_(self.net.parameters(), self.config.clip)
+            nn.utils.clip_grad_norm_(self.feedback.parameters(), self.config.clip)
+        for opt in self.optimizers:
+            opt.step()
+        stats = {f"loss_{k}": v.detach() for k, v in losses.items() if k != "ce"}
+        stats["loss"] = losses["ce"].detach()
+        return stats
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        return self.net(x)
