@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Accuracy against the papers (issue 2): Mono-Forward and backprop on the presets' networks, CPU.
-# Usage: LOCALEARN_DATA=../shared/data bash benchmarks/accuracy.sh [mnist|cifar10|ff|dfa|fg|all] > benchmarks/out/accuracy.log
+# Usage: LOCALEARN_DATA=../shared/data bash benchmarks/accuracy.sh [mnist|cifar10|ff|dfa|fg|ccl|all] > benchmarks/out/accuracy.log
 # Every run goes through the command line, so the figures are the ones a user gets.
 set -euo pipefail
 which=${1:-all}
@@ -41,4 +41,13 @@ if [[ $which == fg || $which == all ]]; then
   run mnist --algo forward_gradient --seed 0 --model mlp:1024,1024 --hp variant=local_activity --hp groups=32 \
     --lr 1e-4 --epochs 60 --name mnist-forward_gradient_local_activity-mlp1024x1024-s0
   run mnist --algo backprop --seed 0 --model mlp:1024,1024 --epochs 60
+fi
+if [[ $which == ccl || $which == all ]]; then
+  # Counter-current learning with its presets (ELU bias-free MLPs, batch 256, SGD lr 1, clip 1, the code's
+  # loss); backprop beside it on the same networks and batch, with its own presets' Adam learning rates.
+  run mnist --algo counter_current --seed 0
+  run mnist --algo backprop --seed 0 --model mlp:256,256,256,256,256:elu:nobias --batch-size 256
+  run cifar10 --algo counter_current --seed 0 --epochs "${CIFAR_CCL_EPOCHS:-60}"
+  run cifar10 --algo backprop --seed 0 --model mlp:1024,1024,1024:elu:nobias --batch-size 256 --no-augment \
+    --epochs "${CIFAR_CCL_EPOCHS:-60}"
 fi

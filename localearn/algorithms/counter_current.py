@@ -25,9 +25,10 @@ differs from the paper's equation):
 
 Feedback units mirror the forward ones: a unit whose output is a vector gets a bias-free Linear back to its
 input's size (reshaped to the input's shape); a convolutional unit gets nearest-neighbour upsampling to its
-input's height and width and a 3x3 convolution back to its input channels. Every feedback unit ends in
-``feedback_activation`` (ELU, as the reference code, which also uses ELU and no bias in the forward MLP:
-``mlp:256,256:elu:nobias``).
+input's height and width and a 3x3 convolution back to its input channels. Every feedback unit but the
+lowest ends in ``feedback_activation`` (ELU, as the reference code, which also uses ELU and no bias in the
+forward MLP: ``mlp:256,256:elu:nobias``); the lowest, whose b_0 is paired with the raw input, is linear as
+there.
 
 Two optimizers, one per network (``lr`` and ``feedback_lr``), each network's gradient clipped to its own
 norm ``clip`` (0: none). The reference MLP runs use plain SGD, lr 1 for both, clip 1, batch 256: the
@@ -87,18 +88,19 @@ class Reshape(nn.Module):
         return x.view(len(x), *self.shape)
 
 
-def feedback_unit(in_shape: tuple[int, ...], out_shape: tuple[int, ...], activation: str) -> nn.Module:
-    """g_l: maps a forward unit's output shape back to its input shape."""
+def feedback_unit(in_shape: tuple[int, ...], out_shape: tuple[int, ...], activation: str | None) -> nn.Module:
+    """g_l: maps a forward unit's output shape back to its input shape, then the activation (if any)."""
+    act = [ACTIVATIONS[activation]()] if activation else []
     if len(out_shape) == 3 and len(in_shape) == 3:  # convolutional: upsample, then a 3x3 convolution
         return nn.Sequential(
             nn.Upsample(size=in_shape[1:], mode="nearest"),
             nn.Conv2d(out_shape[0], in_shape[0], 3, padding=1, bias=False),
-            ACTIVATIONS[activation](),
+            *act,
         )
     return nn.Sequential(
         nn.Flatten(),
         nn.Linear(math.prod(out_shape), math.prod(in_shape), bias=False),
-        ACTIVATIONS[activation](),
+        *act,
         Reshape(in_shape),
     )
 
@@ -140,9 +142,11 @@ class CounterCurrent(Algorithm):
         self.hidden_units, self.head = units[:-1], units[-1]
         shapes = [self.input_shape, *unit_output_shapes(units, self.input_shape, num_classes, self.name)]
         c = self.config
-        # feedback[l] is g_{l+1}: from unit l+1's output shape back to its input shape (l = 0..L-1).
+        # feedback[l] is g_{l+1}: from unit l+1's output shape back to its input shape (l = 0..L-1). The
+        # lowest, whose output b_0 is paired with the input x, has no activation (x may be negative).
         self.feedback = nn.ModuleList(
-            feedback_unit(shapes[i], shapes[i + 1], c.feedback_activation) for i in range(len(units))
+            feedback_unit(shapes[i], shapes[i + 1], c.feedback_activation if i > 0 else None)
+            for i in range(len(units))
         ).to(self.device)
         self.aux["feedback"] = self.feedback
         # The code's normalised pair loss belongs to convolutional networks (its CNN script).

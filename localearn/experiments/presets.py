@@ -74,6 +74,20 @@ ALGORITHM_PRESETS: dict[tuple[str, str], dict[str, Any]] = {
         ("forward_gradient", name): {"model": "mlp:1024,1024", "optimizer": "sgd", "lr": 1e-5}
         for name in ("mnist", "fashion_mnist", "cifar10", "cifar100")
     },
+    # Counter-current learning: the reference code's MLPs (ELU, no bias; 784-256x5-10 and 3072-1024x3-10),
+    # batch 256, no augmentation; SGD lr 1 for both networks and clip 1 are the rule's own defaults.
+    **{
+        ("counter_current", name): {"model": "mlp:256,256,256,256,256:elu:nobias", "batch_size": 256}
+        for name in ("mnist", "fashion_mnist")
+    },
+    **{
+        ("counter_current", name): {
+            "model": "mlp:1024,1024,1024:elu:nobias",
+            "batch_size": 256,
+            "augment": False,
+        }
+        for name in ("cifar10", "cifar100")
+    },
     ("backprop", "mnist"): {"lr": 1e-3},
     ("backprop", "fashion_mnist"): {"lr": 1e-3},
     ("backprop", "cifar10"): {"lr": 1e-4},
