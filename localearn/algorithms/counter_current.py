@@ -21,7 +21,8 @@ differs from the paper's equation):
   D = MSE(A^ B^^T, onehot(y)) + 0.5 * (MSE(A^ A^^T, I_N) + MSE(B^ B^^T, I_C)).
 - ``paper`` (Eq. 2): the feedback network runs on the batch's own labels (targets = onehot(y), B_l is
   [N, d_l]) and D = |norm(A) norm(B)^T - I_N|_F^2 / N, rows L2-normalised (squared Frobenius norm per
-  example).
+  example). Two examples of one class get the same b, so I_N cannot be met exactly; the code, fed batch
+  labels, targets the same-label matrix instead, which is the ``code`` loss's target seen per example.
 
 Feedback units mirror the forward ones: a unit whose output is a vector gets a bias-free Linear back to its
 input's size (reshaped to the input's shape); a convolutional unit gets nearest-neighbour upsampling to its
@@ -105,10 +106,6 @@ def feedback_unit(in_shape: tuple[int, ...], out_shape: tuple[int, ...], activat
     )
 
 
-def _rows_normalised(m: torch.Tensor) -> torch.Tensor:
-    return F.normalize(m, dim=1)
-
-
 def pair_loss(a: torch.Tensor, b: torch.Tensor, y: torch.Tensor, loss: str, normalised: bool) -> torch.Tensor:
     """D(a_l, b_l) for one pair, as the module docstring gives it. a: [N, ...]; b: [C or N, ...]."""
     a, b = a.flatten(1), b.flatten(1)
@@ -116,11 +113,11 @@ def pair_loss(a: torch.Tensor, b: torch.Tensor, y: torch.Tensor, loss: str, norm
         target = torch.eye(len(a), device=a.device, dtype=a.dtype)
         # The squared Frobenius norm per example: a mean over all N^2 entries would shrink the diagonal,
         # the part that carries the labels, by 1/N.
-        return F.mse_loss(_rows_normalised(a) @ _rows_normalised(b).T, target, reduction="sum") / len(a)
+        return F.mse_loss(F.normalize(a, dim=1) @ F.normalize(b, dim=1).T, target, reduction="sum") / len(a)
     target = F.one_hot(y, len(b)).to(a.dtype)
     if not normalised:
         return F.mse_loss(a @ b.T, target) / a.shape[1] * 0.5 * 256
-    a, b = _rows_normalised(a), _rows_normalised(b)
+    a, b = F.normalize(a, dim=1), F.normalize(b, dim=1)
     eye_a = torch.eye(len(a), device=a.device, dtype=a.dtype)
     eye_b = torch.eye(len(b), device=a.device, dtype=a.dtype)
     return F.mse_loss(a @ b.T, target) + 0.5 * (F.mse_loss(a @ a.T, eye_a) + F.mse_loss(b @ b.T, eye_b))
