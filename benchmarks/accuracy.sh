@@ -43,11 +43,15 @@ if [[ $which == fg || $which == all ]]; then
   run mnist --algo backprop --seed 0 --model mlp:1024,1024 --epochs 60
 fi
 if [[ $which == ccl || $which == all ]]; then
-  # Counter-current learning with its presets (ELU bias-free MLPs, batch 256, SGD lr 1, clip 1, the code's
-  # loss); backprop beside it on the same networks and batch, with its own presets' Adam learning rates.
+  # Counter-current learning with its presets (ELU bias-free MLPs, batch 256, SGD, the code's loss; MNIST
+  # lr 1 and clip 1 as the reference yaml, CIFAR-10 lr 0.5 and clip 0.5); backprop beside it on the same
+  # networks and batch, with its own presets' Adam learning rates. The first CIFAR line is the yaml's.
   run mnist --algo counter_current --seed 0
   run mnist --algo backprop --seed 0 --model mlp:256,256,256,256,256:elu:nobias --batch-size 256
-  run cifar10 --algo counter_current --seed 0 --epochs "${CIFAR_CCL_EPOCHS:-60}"
+  run cifar10 --algo counter_current --seed 0 --epochs "${CIFAR_CCL_EPOCHS:-60}" --lr 1 --hp clip=1 \
+    --name cifar10-counter_current-mlp1024x1024x1024-elu-nobias-s0
+  run cifar10 --algo counter_current --seed 0 --epochs "${CIFAR_CCL_EPOCHS:-60}" \
+    --name cifar10-counter_current-mlp1024x1024x1024-elu-nobias-lr0.5-clip0.5-s0
   run cifar10 --algo backprop --seed 0 --model mlp:1024,1024,1024:elu:nobias --batch-size 256 --no-augment \
     --epochs "${CIFAR_CCL_EPOCHS:-60}"
 fi

@@ -147,7 +147,7 @@ def test_help_lists_algorithms_and_hyperparameters(capsys):
     [
         (["mnist", "--algo", "dfa"], "mlp:256,256,256,256,256:tanh", {"optimizer": "sgd", "lr": 0.1}),
         (["mnist", "--algo", "forward_gradient"], "mlp:1024,1024", {"optimizer": "sgd", "lr": 1e-5}),
-        (["cifar10", "--algo", "counter_current"], "mlp:1024,1024,1024:elu:nobias", {}),
+        (["cifar10", "--algo", "counter_current"], "mlp:1024,1024,1024:elu:nobias", {"lr": 0.5, "clip": 0.5}),
         # A variant brings its own preset, over the dataset's; the command line still wins.
         (
             ["mnist", "--algo", "forward_gradient", "--hp", "variant=local_activity", "--lr", "1e-3"],
