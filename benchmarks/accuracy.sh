@@ -31,6 +31,9 @@ if [[ $which == dfa || $which == all ]]; then
   cifar_dfa=(--model mlp:1024,1024,1024:tanh --no-augment --lr 0.01 --hp optimizer=sgd --epochs "${CIFAR_EPOCHS:-40}")
   run cifar10 --algo dfa --seed 0 "${cifar_dfa[@]}"
   run cifar10 --algo backprop --seed 0 "${cifar_dfa[@]}"
+  # Convolutional units: a 3-epoch check on MNIST (two conv units, ReLU, Adam 1e-3), backprop beside it.
+  run mnist --algo dfa --seed 0 --model cnn:32,64 --lr 1e-3 --hp optimizer=adam --epochs 3
+  run mnist --algo backprop --seed 0 --model cnn:32,64 --lr 1e-3 --epochs 3
 fi
 if [[ $which == fg || $which == all ]]; then
   # Forward gradients on MNIST, 1024-1024 ReLU MLP: FG-W (plain SGD, small step, 30-epoch cap: it learns
