@@ -16,6 +16,20 @@ def ff(hidden=(8, 8), features=6, classes=3, **hp):
     return make("forward_forward", ll.models.mlp(features, list(hidden), classes), classes, **hp)
 
 
+def test_negative_labels_follow_the_run_seed():
+    """Repeats with distinct seeds draw distinct negatives; the same seed draws the same ones."""
+    y = torch.arange(10).repeat(20)
+    x = torch.randn(len(y), 20)
+
+    def negatives(seed):
+        torch.manual_seed(seed)
+        algo = make("forward_forward", ll.models.mlp(20, [8], 10), 10)
+        return algo.wrong_labels(x, y)
+
+    assert torch.equal(negatives(0), negatives(0))
+    assert not torch.equal(negatives(0), negatives(1))
+
+
 @pytest.mark.parametrize("negatives", ["random", "hard"])
 def test_negatives_never_carry_the_true_label(negatives):
     algo = ff(classes=10, features=20, negatives=negatives)

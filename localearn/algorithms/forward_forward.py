@@ -103,7 +103,8 @@ class ForwardForward(Algorithm):
         nn.init.zeros_(self.readout.bias)
         self.aux["readout"] = self.readout
         self.num_stages = len(self.units) if self.config.schedule == "greedy" else 1
-        self.generator = torch.Generator().manual_seed(0)  # negatives; saved with the state
+        # Negatives: seeded from the global generator (the run seed), so repeats draw different labels.
+        self.generator = torch.Generator().manual_seed(int(torch.randint(2**62, ())))  # saved with the state
         self.optimizers = self._optimizers_for_stage(0)
 
     def _optimizers_for_stage(self, stage: int) -> list[torch.optim.Optimizer]:
