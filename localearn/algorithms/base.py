@@ -129,7 +129,8 @@ class Algorithm:
     num_stages: int = 1  # > 1 for rules that train one unit at a time
     convolutional: ClassVar[bool] = True  # False: the rule refuses convolutional units with a clear error
     # What the update of a unit may depend on besides its own input, parameters and the targets:
-    #   "local"         nothing else: no signal crosses a unit boundary (Mono-Forward, Forward-Forward)
+    #   "local"         nothing else: no signal crosses a unit boundary (Mono-Forward, Forward-Forward,
+    #                   counter-current learning, forward gradient with local_activity)
     #   "output_error"  the network's output error, carried by fixed matrices, never by later weights (DFA)
     #   "global"        the weights above it (backprop, and forward gradients of the end-to-end loss)
     # The locality tests check each claim; a rule whose locality depends on a variant overrides it.
