@@ -93,6 +93,15 @@ def local_losses(z: torch.Tensor, post: nn.Module, head: nn.Module, y: torch.Ten
     return F.cross_entropy(head(post(z)), y, reduction="none")
 
 
+@functools.lru_cache(maxsize=16)
+def feature_group_masks(features: int, groups: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    """[groups, features] 0/1 masks, the blocks of tensor_split; cached: every step asks for the same ones."""
+    masks = torch.zeros(groups, features, device=device, dtype=dtype)
+    for g, block in enumerate(torch.arange(features).tensor_split(groups)):
+        masks[g, block] = 1.0
+    return masks
+
+
 def directional_derivative(u: Any, f: Any, at: Any) -> tuple[torch.Tensor, torch.Tensor]:
     """(f(at), grad f(at) . u), by one forward-mode pass."""
     return jvp(f, (at,), (u,))
@@ -135,17 +144,14 @@ class ForwardGradient(Algorithm):
 
     def group_masks(self, z: torch.Tensor) -> torch.Tensor:
         """[G, *features]: 0/1 masks over one example's activity, G blocks of contiguous features."""
-        features = z[0].numel()
-        masks = torch.zeros(self.config.groups, features, device=z.device, dtype=z.dtype)
-        for g, block in enumerate(torch.arange(features).tensor_split(self.config.groups)):
-            masks[g, block] = 1.0
+        masks = feature_group_masks(z[0].numel(), self.config.groups, z.device, z.dtype)
         return masks.view(self.config.groups, *z.shape[1:])
 
     def tangent_like(self, t: torch.Tensor, count: int) -> torch.Tensor:
         """``count`` standard normal tangents shaped like ``t``, stacked: [count, *t.shape]."""
         return torch.randn((count, *t.shape), generator=self.generator, device=t.device, dtype=t.dtype)
 
-    # -- variant "weight": tangents on every parameter, one jvp per tangent ----------------------------
+    # -- variant "weight": tangents on every parameter, K of them in one batched forward-mode pass -------
     def weight_gradients(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         params = {name: p.detach() for name, p in self.net.named_parameters()}
         buffers = dict(self.net.named_buffers())
