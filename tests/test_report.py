@@ -90,6 +90,21 @@ def test_summary_figures_and_ratios(runs_dir):
     assert seq["joules"] is None and seq["joules xbackprop"] is None and seq["energy measured"] is None
 
 
+def test_configurations_are_rows_of_their_own_and_the_baseline_is_found_by_name(tmp_path):
+    """Two learning rates of one rule are two rows (never averaged as seeds); a baseline run with a
+    non-default choice (here SGD) is still the baseline its ratios are taken against."""
+    root = tmp_path / "runs"
+    make_run(root, "bp", "backprop", 0, 0.90, 100.0, hparams={"optimizer": "sgd"})
+    make_run(root, "mf-a", "mono_forward", 0, 0.93, 300.0, hparams={"lr": 0.001})
+    make_run(root, "mf-b", "mono_forward", 0, 0.80, 200.0, hparams={"lr": 0.01})
+    rows = {r["algorithm"]: r for r in summarise(load_runs(root)[0], "backprop")}
+    assert set(rows) == {"backprop (optimizer=sgd)", "mono_forward (lr=0.001)", "mono_forward (lr=0.01)"}
+    assert rows["mono_forward (lr=0.01)"]["test accuracy"] == pytest.approx(0.80)
+    assert rows["mono_forward (lr=0.001)"]["joules xbackprop"] == pytest.approx(3.0)
+    md = (write_report(root) / "report.md").read_text()
+    assert "Seeds: distinct within every row." in md
+
+
 def test_report_files(runs_dir):
     out = write_report(runs_dir, baseline="backprop")
     md = (out / "report.md").read_text()

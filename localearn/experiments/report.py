@@ -2,7 +2,9 @@
 
 It reads run directories only (config.json, metrics.jsonl, result.json), so any set of finished runs can be
 reported again later. Runs are grouped by (dataset, model, algorithm variant); a variant is the algorithm
-plus any choice-valued hyperparameter that differs from its default (say, ``schedule=sequential``).
+plus any choice-valued hyperparameter that differs from its default (say, ``schedule=sequential``) and any
+numeric one that differs between its runs there (say, ``lr=0.01``). The baseline is found by name: its
+only configuration on that dataset and model, else its default one.
 Every figure is a mean over the group's runs with its sample standard deviation, and a ratio to the
 baseline's mean on the same dataset and model. A figure a run did not record is shown as missing, never 0.
 """
@@ -15,6 +17,7 @@ import dataclasses
 import json
 import logging
 import statistics
+from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
@@ -39,25 +42,39 @@ class Run:
     config: dict[str, Any]
     result: dict[str, Any]
     metrics: list[dict[str, Any]]
-
-    @property
-    def label(self) -> str:
-        return variant_label(self.result["algorithm"], self.result.get("hyperparameters", {}))
+    label: str = ""  # set by load_runs: the algorithm and whatever tells its configurations apart
 
     @property
     def group(self) -> tuple[str, str, str]:
         return (self.result["dataset"], self.result["model"], self.label)
 
 
-def variant_label(algorithm: str, hparams: dict[str, Any]) -> str:
+def variant_label(algorithm: str, hparams: dict[str, Any], varying: Collection[str] = ()) -> str:
+    """The algorithm, with its non-default choices (string hyperparameters) and the numbers among
+    ``varying``, the hyperparameters that differ between its runs on one dataset and model, so that two
+    configurations are never averaged as if they were seeds of one."""
     cls = ALGORITHMS.get(algorithm)
-    if cls is None:
-        return algorithm
-    defaults = {f.name: f.default for f in dataclasses.fields(cls.Config)}
+    defaults = {f.name: f.default for f in dataclasses.fields(cls.Config)} if cls is not None else {}
     changed = [
-        f"{k}={v}" for k, v in hparams.items() if k in defaults and isinstance(v, str) and v != defaults[k]
+        f"{k}={v}"
+        for k, v in hparams.items()
+        if (k in varying and not isinstance(v, str))
+        or (k in defaults and isinstance(v, str) and v != defaults[k])
     ]
     return f"{algorithm} ({', '.join(changed)})" if changed else algorithm
+
+
+def _label_runs(runs: list[Run]) -> None:
+    by_algorithm: dict[tuple[str, str, str], list[Run]] = {}
+    for run in runs:
+        key = (run.result["dataset"], run.result["model"], run.result["algorithm"])
+        by_algorithm.setdefault(key, []).append(run)
+    for members in by_algorithm.values():
+        hparams = [r.result.get("hyperparameters", {}) for r in members]
+        keys = {k for h in hparams for k in h}
+        varying = {k for k in keys if len({json.dumps(h.get(k), sort_keys=True) for h in hparams}) > 1}
+        for run, hp in zip(members, hparams, strict=True):
+            run.label = variant_label(run.result["algorithm"], hp, varying)
 
 
 def load_runs(runs_dir: Path) -> tuple[list[Run], list[Path]]:
@@ -78,6 +95,7 @@ def load_runs(runs_dir: Path) -> tuple[list[Run], list[Path]]:
             else []
         )
         runs.append(Run(d, json.loads(config_path.read_text()), result, metrics))
+    _label_runs(runs)
     return runs, unfinished
 
 
@@ -97,6 +115,7 @@ def summarise(runs: list[Run], baseline: str) -> list[dict[str, Any]]:
     for (dataset, model, label), members in sorted(groups.items()):
         seeds = sorted(r.result["seed"] for r in members)
         row: dict[str, Any] = {
+            "name": members[0].result["algorithm"],
             "algorithm": label,
             "dataset": dataset,
             "model": model,
@@ -113,16 +132,14 @@ def summarise(runs: list[Run], baseline: str) -> list[dict[str, Any]]:
         row["energy measured"] = None if None in measured else all(measured)
         rows.append(row)
     for row in rows:
-        base = next(
-            (
-                b
-                for b in rows
-                if b["algorithm"] == baseline
-                and b["dataset"] == row["dataset"]
-                and b["model"] == row["model"]
-            ),
-            None,
-        )
+        # The baseline on the same data and model: its only configuration there, else its default one.
+        candidates = [
+            b
+            for b in rows
+            if b["name"] == baseline and b["dataset"] == row["dataset"] and b["model"] == row["model"]
+        ]
+        plain = [b for b in candidates if b["algorithm"] == baseline]
+        base = candidates[0] if len(candidates) == 1 else (plain[0] if plain else None)
         for column, _, _ in FIGURES:
             mine, theirs = row[column], base[column] if base else None
             row[f"{column} x{baseline}"] = mine / theirs if mine is not None and theirs else None
@@ -265,7 +282,7 @@ def write_report(runs_dir: str | Path, baseline: str = "backprop", out: str | Pa
     out = Path(out) if out is not None else runs_dir / "report"
     out.mkdir(parents=True, exist_ok=True)
     rows = summarise(runs, baseline)
-    if not any(r["algorithm"] == baseline for r in rows):
+    if not any(r["name"] == baseline for r in rows):
         log.warning("baseline %r has no runs here: ratio columns are missing", baseline)
     table = markdown_table(rows, baseline)
     lines = protocol(runs)
