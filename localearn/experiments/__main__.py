@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import logging
 import os
 import subprocess
@@ -69,6 +70,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="NAME=VALUE",
         help="any other hyperparameter of the algorithm; repeatable",
+    )
+    p.add_argument(
+        "--params",
+        metavar="best|FILE",
+        help="tuned hyperparameters: 'best' reads OUT/tuning/DATASET-ALGO.best.json (written by tune), or "
+        "a JSON file; over the presets, under --lr and --hp",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N")
@@ -139,6 +146,31 @@ def run_dir_for(out: Path, name: str, resume: bool) -> Path:
     return out / f"{name}-{n}"
 
 
+def tuned_params(args: argparse.Namespace) -> dict[str, Any]:
+    """--params: the hyperparameters a tune study found best (its best.json, or any JSON file)."""
+    study = f"{Path(args.dataset).name}-{args.algo}"
+    path = Path(args.out) / "tuning" / f"{study}.best.json" if args.params == "best" else Path(args.params)
+    if not path.is_file():
+        hint = f" (run: python -m localearn.experiments tune {args.dataset} --algo {args.algo} ...)"
+        raise ValueError(
+            f"--params {args.params}: {path} does not exist" + (hint if args.params == "best" else "")
+        )
+    data = json.loads(path.read_text())
+    if "pareto_front" in data:
+        raise ValueError(
+            f"--params {path}: a multi-objective study has no single best; copy one trial's params from its "
+            "pareto_front into a file and pass that"
+        )
+    params = data.get("params", data)
+    fields = hyperparameter_fields(args.algo)
+    unknown = sorted(set(params) - set(fields))
+    if unknown:
+        raise HyperparameterError(
+            f"--params {path}: {', '.join(unknown)} are not hyperparameters of {args.algo}"
+        )
+    return params
+
+
 def resolve_settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str, Any]]:
     """(run settings, hyperparameters): presets overridden by the command line, checked before any work."""
     cli_hparams = parse_hparams(args.algo, args.hp)
@@ -146,6 +178,8 @@ def resolve_settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str
     for key in RUN_SETTINGS:
         if getattr(args, key) is not None:
             settings[key] = getattr(args, key)
+    if args.params:
+        hparams.update(tuned_params(args))
     if args.lr is not None:
         hparams["lr"] = args.lr
     hparams.update(cli_hparams)
@@ -266,6 +300,15 @@ def compare_command(args: argparse.Namespace, run_options: list[str]) -> int:
                 f"{forbidden} is set by compare itself; use --algos, --seeds, --first-seed, --name"
             )
     root = Path(args.out) / (args.name or f"compare-{Path(args.dataset).name}")
+
+    def options_for(algo: str) -> list[str]:
+        # --params best: each algorithm's own study under the run root (each run's --out is the comparison's).
+        best = str(Path(args.out) / "tuning" / f"{Path(args.dataset).name}-{algo}.best.json")
+        return [
+            best if i and run_options[i - 1] == "--params" and o == "best" else o
+            for i, o in enumerate(run_options)
+        ]
+
     seeds = range(args.first_seed, args.first_seed + args.seeds)
     argvs = [
         [
@@ -279,7 +322,7 @@ def compare_command(args: argparse.Namespace, run_options: list[str]) -> int:
             "--name",
             f"{algo}-s{seed}",
             "--resume",
-            *run_options,
+            *options_for(algo),
         ]
         for algo in algos
         for seed in seeds
@@ -300,13 +343,147 @@ def compare_command(args: argparse.Namespace, run_options: list[str]) -> int:
     return 0
 
 
+def tune_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m localearn.experiments tune",
+        allow_abbrev=False,
+        description="Tune an algorithm's hyperparameters with Optuna: its search space, validation "
+        "accuracy as the objective (never test), one median pruner for every algorithm, the sampler seeded "
+        "from the study name. Any option of a single run (--model, --batch-size, --seed, --hp, ...) "
+        "applies to every trial. Running the same command again continues the study; the best parameters "
+        "go to OUT/tuning/STUDY.best.json.",
+    )
+    p.add_argument("dataset")
+    p.add_argument("--algo", required=True, help=f"one of: {', '.join(sorted(ALGORITHMS))}")
+    p.add_argument("--trials", type=int, required=True, help="finished trials the study should hold")
+    p.add_argument("--epochs", type=int, help="epoch cap per trial (default: the preset's)")
+    p.add_argument(
+        "--storage", help="an Optuna storage URL, or a journal file (default: OUT/tuning/STUDY.journal)"
+    )
+    p.add_argument("--study", help="study name (default: DATASET-ALGO); it also seeds the sampler")
+    p.add_argument("--workers", type=int, default=1, help="processes on this machine sharing the study")
+    p.add_argument(
+        "--multi-objective", action="store_true", help="validation accuracy and joules (no pruning)"
+    )
+    p.add_argument("--out", default="runs", help="run root (default: ./runs)")
+    p.add_argument("--worker-trials", type=int, help=argparse.SUPPRESS)  # set for the workers it starts
+    return p
+
+
+def tune_command(args: argparse.Namespace, run_options: list[str], argv: list[str]) -> int:
+    from .. import tuning
+
+    for forbidden in ("--name", "--resume", "--epochs", "--params"):
+        if forbidden in run_options:
+            raise ValueError(f"{forbidden} is not an option of tune")
+    if args.multi_objective and "--no-energy" in run_options:
+        raise ValueError("--multi-objective minimises joules: it cannot run with --no-energy")
+    if args.trials < 1 or args.workers < 1:
+        raise ValueError(f"--trials {args.trials} and --workers {args.workers} must be at least 1")
+    epochs = ["--epochs", str(args.epochs)] if args.epochs else []
+    run_args = build_parser().parse_args([args.dataset, "--algo", args.algo, *run_options, *epochs])
+    settings, hparams = resolve_settings(run_args)
+    cls = get_algorithm(args.algo)
+    study_name = args.study or f"{Path(args.dataset).name}-{args.algo}"
+    root = Path(args.out) / "tuning"
+    storage, journal = tuning.open_storage(args.storage, root, study_name)
+    study = tuning.load_study(study_name, storage, args.multi_objective)
+
+    if args.worker_trials is not None:  # a worker started by the command below
+        _tune_worker(study, run_args, settings, hparams, cls, args.worker_trials, args.multi_objective)
+        return 0
+    if journal:  # trials a killed worker left running can never finish
+        tuning.fail_stale_trials(study)
+    remaining = args.trials - tuning.finished_trials(study)
+    if remaining > 0 and args.workers == 1:
+        _tune_worker(study, run_args, settings, hparams, cls, remaining, args.multi_objective)
+    elif remaining > 0:
+        shares = [remaining // args.workers + (i < remaining % args.workers) for i in range(args.workers)]
+        storage_args = ["--storage", args.storage or str(root / f"{study_name}.journal")]
+        workers = [
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "localearn.experiments",
+                    *argv,
+                    *storage_args,
+                    "--worker-trials",
+                    str(n),
+                ]
+            )
+            for n in shares
+            if n > 0
+        ]
+        codes = [w.wait() for w in workers]
+        if any(codes):
+            raise RuntimeError(f"tune: workers exited with {codes}; run the same command again to continue")
+    best = tuning.write_best(study, root / f"{study_name}.best.json", hparams)
+    print(
+        f"tune {study_name}: {tuning.finished_trials(study)} finished trials; best -> "
+        f"{root / f'{study_name}.best.json'}: {json.dumps(best.get('params', best.get('pareto_front')))}"
+    )
+    return 0
+
+
+def _tune_worker(
+    study: Any,
+    run_args: argparse.Namespace,
+    settings: dict[str, Any],
+    hparams: dict[str, Any],
+    cls: type,
+    n_trials: int,
+    multi_objective: bool,
+) -> None:
+    from .. import tuning
+
+    device = resolve_device(run_args.device)
+    train, val, _ = load_dataset(  # the test split never enters a trial
+        run_args.dataset,
+        data_dir=run_args.data_dir,
+        device=device,
+        val_fraction=run_args.val_fraction,
+        seed=run_args.seed,
+        augment=settings["augment"],
+        cache_dir=run_args.cache_dir,
+    )
+    meter = None if run_args.no_energy else EnergyMeter(device, country_iso_code=run_args.country)
+
+    def build_trainer(params: dict[str, Any], callbacks: list[Any]) -> Trainer:
+        torch.manual_seed(run_args.seed)
+        net = models.from_spec(settings["model"], train.input_shape, train.num_classes).to(device)
+        algo = make(
+            run_args.algo, net, train.num_classes, input_shape=train.input_shape, **{**hparams, **params}
+        )
+        return Trainer(
+            algo,
+            train,
+            val,
+            val,  # the Trainer scores a "test" split at the end: here the validation set again
+            epochs=settings["epochs"],
+            batch_size=settings["batch_size"],
+            patience=settings["patience"] or None,
+            min_delta=run_args.min_delta,
+            monitor=run_args.monitor,
+            seed=run_args.seed,
+            progress=False,
+            callbacks=([EnergyCallback(meter)] if meter else []) + callbacks,
+        )
+
+    try:
+        tuning.run_trials(study, build_trainer, cls.search_space, n_trials, multi_objective)
+    finally:
+        if meter:
+            meter.close()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
-    command = argv[0] if argv and argv[0] in ("report", "compare") else "train"
+    command = argv[0] if argv and argv[0] in ("report", "compare", "tune") else "train"
     if command == "report":
         args, rest = report_parser().parse_args(argv[1:]), []
-    elif command == "compare":
-        args, rest = compare_parser().parse_known_args(argv[1:])
+    elif command in ("compare", "tune"):
+        args, rest = (compare_parser() if command == "compare" else tune_parser()).parse_known_args(argv[1:])
     else:
         args, rest = build_parser().parse_args(argv), []
     logging.basicConfig(
@@ -319,6 +496,8 @@ def main(argv: list[str] | None = None) -> int:
             return report_command(args)
         if command == "compare":
             return compare_command(args, rest)
+        if command == "tune":
+            return tune_command(args, rest, argv)
         return train_command(args)
     except (DataError, HyperparameterError, KeyError, ValueError, FileExistsError) as e:
         print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)

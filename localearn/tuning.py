@@ -1,0 +1,157 @@
+"""Hyperparameter tuning with Optuna, the same for every algorithm (DESIGN.md: Tuning, Fair comparison).
+
+- Search space: the algorithm's ``search_space(trial)``, over the run's other hyperparameters.
+- Objective: the best validation accuracy of one Trainer run. The test split never enters a trial.
+- One pruner for every algorithm (a median pruner fed each epoch's validation accuracy by a Trainer
+  callback), so no rule is tuned with a different budget (research notes, anchors_ff_mf.md 4d: the study
+  that pruned only backprop).
+- The sampler's seed is derived from the study name, so studies of different rules or datasets never
+  share one stream of suggestions (the same notes: byte-identical "tuned" values across studies).
+- Storage: a journal file under the run root by default (embedded, no server), or any Optuna storage URL
+  (PostgreSQL for a study shared by several machines). The same command continues the study. Trials that
+  a killed worker left RUNNING are marked FAIL: on a journal file when the next command starts (this
+  machine owns it), on a database through Optuna's heartbeats (other machines' trials may be running).
+- Multi-objective (validation accuracy up, joules down): NSGA-II and no pruning, since Optuna's pruners
+  judge one objective only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+
+from .trainer import Callback, Trainer
+
+log = logging.getLogger(__name__)
+
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def sampler_seed(study_name: str) -> int:
+    """A seed that depends on the study name only: distinct studies, distinct streams of suggestions."""
+    return int.from_bytes(hashlib.sha256(study_name.encode()).digest()[:4], "big")
+
+
+def open_storage(storage: str | None, root: Path, study_name: str) -> tuple[Any, bool]:
+    """(storage, is_journal_file): a URL as given, else a journal file (default: ROOT/STUDY.journal)."""
+    if storage and "://" in storage:
+        # A database (PostgreSQL, SQLite, ...): workers send heartbeats, and a trial whose worker stopped
+        # sending them is marked FAIL by the next trial to start, on whichever machine.
+        return optuna.storages.RDBStorage(storage, heartbeat_interval=60, grace_period=180), False
+    path = Path(storage) if storage else root / f"{study_name}.journal"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(path))), True
+
+
+def load_study(
+    study_name: str, storage: Any, multi_objective: bool = False, create: bool = True
+) -> optuna.Study:
+    seed = sampler_seed(study_name)
+    if multi_objective:
+        sampler: optuna.samplers.BaseSampler = optuna.samplers.NSGAIISampler(seed=seed)
+        pruner: optuna.pruners.BasePruner = optuna.pruners.NopPruner()
+        directions = ["maximize", "minimize"]
+    else:
+        sampler = optuna.samplers.TPESampler(seed=seed)
+        pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
+        directions = ["maximize"]
+    if create:
+        return optuna.create_study(
+            study_name=study_name,
+            storage=storage,
+            sampler=sampler,
+            pruner=pruner,
+            directions=directions,
+            load_if_exists=True,
+        )
+    return optuna.load_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner)
+
+
+def fail_stale_trials(study: optuna.Study) -> list[int]:
+    """Mark RUNNING trials FAIL: on a journal file this command owns, they belong to a killed worker."""
+    stale = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
+    for t in stale:
+        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+    if stale:
+        log.warning("marked %d trial(s) left running by a killed worker as failed: %s", len(stale), stale)
+    return [t.number for t in stale]
+
+
+def finished_trials(study: optuna.Study) -> int:
+    return sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))
+
+
+class PruningCallback(Callback):
+    """Reports each epoch's validation accuracy to the trial and stops the run when the pruner says so."""
+
+    def __init__(self, trial: optuna.Trial) -> None:
+        self.trial = trial
+
+    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        value = record.get("val_accuracy")
+        if value is None:
+            return
+        self.trial.report(value, step=record["epoch"])
+        if self.trial.should_prune():
+            raise optuna.TrialPruned(f"pruned at epoch {record['epoch']} (val accuracy {value:.4f})")
+
+
+def run_trials(
+    study: optuna.Study,
+    build_trainer: Callable[[dict[str, Any], list[Callback]], Trainer],
+    search_space: Callable[[optuna.Trial], dict[str, Any]],
+    n_trials: int,
+    multi_objective: bool = False,
+) -> None:
+    """Run n_trials trials in this process. ``build_trainer(params, callbacks)`` makes one run's Trainer."""
+
+    def objective(trial: optuna.Trial) -> float | tuple[float, float]:
+        params = search_space(trial)
+        callbacks: list[Callback] = [] if multi_objective else [PruningCallback(trial)]
+        trainer = build_trainer(params, callbacks)
+        result = trainer.fit()
+        joules = result.extra.get("energy_joules")
+        trial.set_user_attr("train_seconds", result.train_seconds)
+        trial.set_user_attr("energy_joules", joules)
+        trial.set_user_attr("energy_source", result.extra.get("energy_source"))
+        trial.set_user_attr("epochs", result.epochs)
+        accuracy = result.best_val_accuracy if result.best_val_accuracy is not None else math.nan
+        if multi_objective:
+            return accuracy, (joules if joules is not None else math.nan)
+        return accuracy
+
+    study.optimize(objective, n_trials=n_trials, catch=())
+
+
+def write_best(study: optuna.Study, path: Path, fixed: dict[str, Any]) -> dict[str, Any]:
+    """The best trial's hyperparameters (over the fixed ones) as JSON; with two objectives, the Pareto
+    front."""
+    if len(study.directions) > 1:
+        front = [
+            {"number": t.number, "values": t.values, "params": {**fixed, **t.params}}
+            for t in study.best_trials
+        ]
+        out: dict[str, Any] = {"study": study.study_name, "pareto_front": front}
+    else:
+        best = study.best_trial
+        out = {
+            "study": study.study_name,
+            "trial": best.number,
+            "val_accuracy": best.value,
+            "params": {**fixed, **best.params},
+        }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(out, indent=1))
+    tmp.replace(path)
+    return out

@@ -1,0 +1,187 @@
+"""Tuning: one command for every algorithm, a study that survives a killed worker, workers that share it."""
+
+import json
+import signal
+import subprocess
+import sys
+
+import optuna
+import pytest
+import torch
+
+import localearn as ll
+from localearn import tuning
+from localearn.algorithms import ALGORITHMS, make
+from localearn.experiments.__main__ import main
+
+COMPLETE, RUNNING, FAIL = (
+    optuna.trial.TrialState.COMPLETE,
+    optuna.trial.TrialState.RUNNING,
+    optuna.trial.TrialState.FAIL,
+)
+
+
+def tune_args(image_tree, tmp_path, algo="backprop", trials=3, epochs=2, extra=()):
+    return [
+        "tune",
+        str(image_tree),
+        "--algo",
+        algo,
+        "--trials",
+        str(trials),
+        "--epochs",
+        str(epochs),
+        "--out",
+        str(tmp_path),
+        "--model",
+        "mlp:16",
+        "--batch-size",
+        "32",
+        "--no-energy",
+        "-q",
+        "--cache-dir",
+        str(tmp_path / "cache"),
+        *extra,
+    ]
+
+
+def trials_of(tmp_path, study="tiny-backprop"):
+    storage, _ = tuning.open_storage(None, tmp_path / "tuning", study)
+    return optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
+
+
+def test_sampler_seed_follows_the_study_name():
+    assert tuning.sampler_seed("mnist-backprop") == tuning.sampler_seed("mnist-backprop")
+    assert tuning.sampler_seed("mnist-backprop") != tuning.sampler_seed("mnist-mono_forward")
+
+
+def test_a_study_completes_with_its_trials_and_writes_the_best(image_tree, tmp_path):
+    assert main(tune_args(image_tree, tmp_path)) == 0
+    trials = trials_of(tmp_path)
+    assert len(trials) == 3 and all(t.state == COMPLETE for t in trials)  # 3 startup trials: no pruning
+    assert all(t.user_attrs["train_seconds"] > 0 and t.user_attrs["epochs"] >= 1 for t in trials)
+    best = json.loads((tmp_path / "tuning" / "tiny-backprop.best.json").read_text())
+    assert set(best["params"]) >= {"lr", "weight_decay"}
+    assert best["val_accuracy"] == max(t.value for t in trials)
+    # Asking for more continues the same study; asking again for as many runs nothing.
+    assert main(tune_args(image_tree, tmp_path, trials=4)) == 0
+    assert len(trials_of(tmp_path)) == 4
+    assert main(tune_args(image_tree, tmp_path, trials=4)) == 0
+    assert len(trials_of(tmp_path)) == 4
+
+
+@pytest.mark.parametrize("name", sorted(ALGORITHMS))
+def test_every_algorithm_is_tuned_by_the_same_command(name, image_tree, tmp_path):
+    assert main(tune_args(image_tree, tmp_path, name, trials=1, epochs=1)) == 0
+    (trial,) = trials_of(tmp_path, f"tiny-{name}")
+    assert trial.state == COMPLETE and set(trial.params) == set(ALGORITHMS[name].search_space(trial))
+
+
+def test_the_pruner_stops_a_bad_configuration(blobs):
+    """Three good configurations, then one that learns far more slowly (the search space's smallest
+    learning rate): the study's pruner, fed each epoch's validation accuracy by the Trainer callback, stops
+    that one early."""
+    train, val, _ = blobs
+    study = tuning.load_study("prune-test", optuna.storages.InMemoryStorage())
+    for lr in (1e-2, 1e-2, 1e-2, 1e-5):
+        study.enqueue_trial({"lr": lr, "weight_decay": 1e-6})
+
+    def build_trainer(params, callbacks):
+        torch.manual_seed(0)
+        algo = make("backprop", ll.models.mlp(20, [16], 4), 4, **params)
+        return ll.Trainer(algo, train, val, val, epochs=6, batch_size=32, progress=False, callbacks=callbacks)
+
+    tuning.run_trials(study, build_trainer, ALGORITHMS["backprop"].search_space, n_trials=4)
+    states = [t.state for t in study.trials]
+    assert states == [COMPLETE, COMPLETE, COMPLETE, optuna.trial.TrialState.PRUNED]
+    assert max(study.trials[3].intermediate_values) < 6  # stopped before the epoch cap
+
+
+def test_a_killed_worker_loses_only_its_running_trial(image_tree, tmp_path):
+    """SIGKILL in the third trial: the two finished trials stay as they were, the running one is marked
+    failed by the next command, which then finishes the study."""
+    killer = (
+        "import os, signal, sys\n"
+        "from localearn.experiments.__main__ import main\n"
+        "from localearn.trainer import Trainer\n"
+        "fit, calls = Trainer.fit, [0]\n"
+        "def fit_or_die(self):\n"
+        "    calls[0] += 1\n"
+        "    if calls[0] == 3:\n"
+        "        os.kill(os.getpid(), signal.SIGKILL)\n"
+        "    return fit(self)\n"
+        "Trainer.fit = fit_or_die\n"
+        "sys.exit(main(sys.argv[1:]))\n"
+    )
+    args = tune_args(image_tree, tmp_path, trials=4)
+    done = subprocess.run([sys.executable, "-c", killer, *args])
+    assert done.returncode == -signal.SIGKILL
+    trials = trials_of(tmp_path)
+    assert [t.state for t in trials] == [COMPLETE, COMPLETE, RUNNING]
+    finished = {t.number: (t.value, t.params) for t in trials[:2]}
+    assert main(args) == 0
+    trials = trials_of(tmp_path)
+    assert trials[2].state == FAIL
+    assert {t.number: (t.value, t.params) for t in trials[:2]} == finished  # kept, not rerun
+    assert sum(t.state != FAIL for t in trials) == 4 and len(trials) == 5
+
+
+def test_two_workers_share_one_study(image_tree, tmp_path):
+    assert main(tune_args(image_tree, tmp_path, trials=4, extra=["--workers", "2"])) == 0
+    trials = trials_of(tmp_path)
+    assert sorted(t.number for t in trials) == [0, 1, 2, 3]  # none lost, none duplicated
+    assert all(t.state.is_finished() and t.state != FAIL for t in trials)
+
+
+def test_tune_errors(image_tree, tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:  # argparse names the valid algorithms
+        main(tune_args(image_tree, tmp_path, "no_such_rule"))
+    assert exit_.value.code == 2
+    assert main([*tune_args(image_tree, tmp_path), "--name", "x"]) == 2
+    assert "--name is not an option of tune" in capsys.readouterr().err
+    assert main(tune_args(image_tree, tmp_path, trials=0)) == 2
+
+
+def test_train_and_compare_take_the_tuned_parameters(image_tree, tmp_path, capsys):
+    common = ["--out", str(tmp_path), "--model", "mlp:16", "--epochs", "1", "--batch-size", "32"]
+    common += ["--no-energy", "--no-progress", "-q", "--cache-dir", str(tmp_path / "cache")]
+    # Before any study: a clear error that says how to make one.
+    assert main([str(image_tree), "--algo", "backprop", "--params", "best", *common]) == 2
+    assert "tune" in capsys.readouterr().err
+    assert main(tune_args(image_tree, tmp_path, trials=2)) == 0
+    best = json.loads((tmp_path / "tuning" / "tiny-backprop.best.json").read_text())["params"]
+    assert main([str(image_tree), "--algo", "backprop", "--params", "best", "--name", "tuned", *common]) == 0
+    config = json.loads((tmp_path / "tuned" / "config.json").read_text())
+    assert config["hyperparameters"]["lr"] == best["lr"]
+    assert config["hyperparameters"]["weight_decay"] == best["weight_decay"]
+    # --lr still wins over the tuned value.
+    argv = [str(image_tree), "--algo", "backprop", "--params", "best", "--lr", "0.5", "--name", "lr", *common]
+    assert main(argv) == 0
+    assert json.loads((tmp_path / "lr" / "config.json").read_text())["hyperparameters"]["lr"] == 0.5
+    # compare passes --params best to each algorithm's run: each reads its own study.
+    args = ["compare", str(image_tree), "--algos", "backprop", "--seeds", "1", "--params", "best", *common]
+    assert main(args) == 0
+    result = json.loads((tmp_path / "compare-tiny" / "backprop-s0" / "result.json").read_text())
+    assert result["hyperparameters"]["lr"] == best["lr"]
+
+
+def test_multi_objective_writes_a_pareto_front(image_tree, tmp_path, capsys):
+    args = [a for a in tune_args(image_tree, tmp_path, trials=2, epochs=1) if a != "--no-energy"]
+    assert main([*args, "--multi-objective"]) == 0
+    out = json.loads((tmp_path / "tuning" / "tiny-backprop.best.json").read_text())
+    front = out["pareto_front"]
+    assert front and all(len(t["values"]) == 2 and "lr" in t["params"] for t in front)
+    trials = trials_of(tmp_path)
+    assert all(t.state == COMPLETE and t.user_attrs["energy_joules"] is not None for t in trials)
+    # No single best: --params best refuses it, and joules need metering.
+    assert main([str(image_tree), "--algo", "backprop", "--params", "best", "--out", str(tmp_path)]) == 2
+    assert "pareto_front" in capsys.readouterr().err
+    assert main([*tune_args(image_tree, tmp_path / "b", trials=1), "--multi-objective"]) == 2
+
+
+def test_a_database_url_is_a_storage_too(image_tree, tmp_path):
+    url = f"sqlite:///{tmp_path / 'studies.db'}"
+    assert main([*tune_args(image_tree, tmp_path, trials=2, epochs=1), "--storage", url]) == 0
+    study = optuna.load_study(study_name="tiny-backprop", storage=url)
+    assert [t.state for t in study.trials] == [COMPLETE, COMPLETE]
+    assert not (tmp_path / "tuning" / "tiny-backprop.journal").exists()
