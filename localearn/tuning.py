@@ -53,10 +53,10 @@ def open_storage(storage: str | None, root: Path, study_name: str) -> tuple[Any,
     return JournalStorage(JournalFileBackend(str(path))), True
 
 
-def load_study(
-    study_name: str, storage: Any, multi_objective: bool = False, create: bool = True
-) -> optuna.Study:
-    seed = sampler_seed(study_name)
+def load_study(study_name: str, storage: Any, multi_objective: bool = False, worker: int = 0) -> optuna.Study:
+    """Create or open the study. Each worker process gets its own sampler stream (name-derived seed plus
+    its index): with one shared seed, parallel workers would suggest the very same parameters."""
+    seed = sampler_seed(study_name) + worker
     if multi_objective:
         sampler: optuna.samplers.BaseSampler = optuna.samplers.NSGAIISampler(seed=seed)
         pruner: optuna.pruners.BasePruner = optuna.pruners.NopPruner()
@@ -65,16 +65,14 @@ def load_study(
         sampler = optuna.samplers.TPESampler(seed=seed)
         pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
         directions = ["maximize"]
-    if create:
-        return optuna.create_study(
-            study_name=study_name,
-            storage=storage,
-            sampler=sampler,
-            pruner=pruner,
-            directions=directions,
-            load_if_exists=True,
-        )
-    return optuna.load_study(study_name=study_name, storage=storage, sampler=sampler, pruner=pruner)
+    return optuna.create_study(
+        study_name=study_name,
+        storage=storage,
+        sampler=sampler,
+        pruner=pruner,
+        directions=directions,
+        load_if_exists=True,
+    )
 
 
 def fail_stale_trials(study: optuna.Study) -> list[int]:
@@ -91,15 +89,23 @@ def finished_trials(study: optuna.Study) -> int:
     return sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))
 
 
-class PruningCallback(Callback):
-    """Reports each epoch's validation accuracy to the trial and stops the run when the pruner says so."""
+class TrialCallback(Callback):
+    """Each epoch: the trial's seconds, joules and epochs so far as user attributes (pruned trials keep
+    them too), and, when pruning, the validation accuracy to the pruner, stopping the run if it says so."""
 
-    def __init__(self, trial: optuna.Trial) -> None:
-        self.trial = trial
+    def __init__(self, trial: optuna.Trial, prune: bool = True) -> None:
+        self.trial, self.prune = trial, prune
+        self.seconds, self.joules = 0.0, 0.0
 
     def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
+        self.seconds += record["seconds"]
+        energy = record.get("energy_joules")
+        self.joules = self.joules + energy if self.joules is not None and energy is not None else None
+        self.trial.set_user_attr("train_seconds", self.seconds)
+        self.trial.set_user_attr("energy_joules", self.joules)
+        self.trial.set_user_attr("epochs", record["epoch"])
         value = record.get("val_accuracy")
-        if value is None:
+        if not self.prune or value is None:
             return
         self.trial.report(value, step=record["epoch"])
         if self.trial.should_prune():
@@ -117,14 +123,10 @@ def run_trials(
 
     def objective(trial: optuna.Trial) -> float | tuple[float, float]:
         params = search_space(trial)
-        callbacks: list[Callback] = [] if multi_objective else [PruningCallback(trial)]
-        trainer = build_trainer(params, callbacks)
+        trainer = build_trainer(params, [TrialCallback(trial, prune=not multi_objective)])
         result = trainer.fit()
         joules = result.extra.get("energy_joules")
-        trial.set_user_attr("train_seconds", result.train_seconds)
-        trial.set_user_attr("energy_joules", joules)
         trial.set_user_attr("energy_source", result.extra.get("energy_source"))
-        trial.set_user_attr("epochs", result.epochs)
         accuracy = result.best_val_accuracy if result.best_val_accuracy is not None else math.nan
         if multi_objective:
             return accuracy, (joules if joules is not None else math.nan)

@@ -94,7 +94,13 @@ def test_the_pruner_stops_a_bad_configuration(blobs):
     tuning.run_trials(study, build_trainer, ALGORITHMS["backprop"].search_space, n_trials=4)
     states = [t.state for t in study.trials]
     assert states == [COMPLETE, COMPLETE, COMPLETE, optuna.trial.TrialState.PRUNED]
-    assert max(study.trials[3].intermediate_values) < 6  # stopped before the epoch cap
+    pruned = study.trials[3]
+    assert max(pruned.intermediate_values) < 6  # stopped before the epoch cap
+    # A pruned trial keeps its cost: seconds and epochs up to the prune.
+    assert (
+        pruned.user_attrs["epochs"] == max(pruned.intermediate_values)
+        and pruned.user_attrs["train_seconds"] > 0
+    )
 
 
 def test_a_killed_worker_loses_only_its_running_trial(image_tree, tmp_path):
@@ -131,6 +137,8 @@ def test_two_workers_share_one_study(image_tree, tmp_path):
     trials = trials_of(tmp_path)
     assert sorted(t.number for t in trials) == [0, 1, 2, 3]  # none lost, none duplicated
     assert all(t.state.is_finished() and t.state != FAIL for t in trials)
+    # Each worker has a sampler stream of its own: no two trials got the same suggestions.
+    assert len({json.dumps(t.params, sort_keys=True) for t in trials}) == 4
 
 
 def test_tune_errors(image_tree, tmp_path, capsys):

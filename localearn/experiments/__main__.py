@@ -367,6 +367,7 @@ def tune_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", default="runs", help="run root (default: ./runs)")
     p.add_argument("--worker-trials", type=int, help=argparse.SUPPRESS)  # set for the workers it starts
+    p.add_argument("--worker-index", type=int, default=0, help=argparse.SUPPRESS)
     return p
 
 
@@ -387,7 +388,7 @@ def tune_command(args: argparse.Namespace, run_options: list[str], argv: list[st
     study_name = args.study or f"{Path(args.dataset).name}-{args.algo}"
     root = Path(args.out) / "tuning"
     storage, journal = tuning.open_storage(args.storage, root, study_name)
-    study = tuning.load_study(study_name, storage, args.multi_objective)
+    study = tuning.load_study(study_name, storage, args.multi_objective, worker=args.worker_index)
 
     if args.worker_trials is not None:  # a worker started by the command below
         _tune_worker(study, run_args, settings, hparams, cls, args.worker_trials, args.multi_objective)
@@ -400,19 +401,10 @@ def tune_command(args: argparse.Namespace, run_options: list[str], argv: list[st
     elif remaining > 0:
         shares = [remaining // args.workers + (i < remaining % args.workers) for i in range(args.workers)]
         storage_args = ["--storage", args.storage or str(root / f"{study_name}.journal")]
-        workers = [
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "localearn.experiments",
-                    *argv,
-                    *storage_args,
-                    "--worker-trials",
-                    str(n),
-                ]
-            )
-            for n in shares
+        command = [sys.executable, "-m", "localearn.experiments", *argv, *storage_args]
+        workers = [  # worker i: n trials, and a sampler stream of its own
+            subprocess.Popen([*command, "--worker-trials", str(n), "--worker-index", str(i + 1)])
+            for i, n in enumerate(shares)
             if n > 0
         ]
         codes = [w.wait() for w in workers]
