@@ -304,9 +304,9 @@ def compare_command(args: argparse.Namespace, run_options: list[str]) -> int:
     def options_for(algo: str) -> list[str]:
         # --params best: each algorithm's own study under the run root (each run's --out is the comparison's).
         best = str(Path(args.out) / "tuning" / f"{Path(args.dataset).name}-{algo}.best.json")
+        options = [o if o != "--params=best" else f"--params={best}" for o in run_options]
         return [
-            best if i and run_options[i - 1] == "--params" and o == "best" else o
-            for i, o in enumerate(run_options)
+            best if i and options[i - 1] == "--params" and o == "best" else o for i, o in enumerate(options)
         ]
 
     seeds = range(args.first_seed, args.first_seed + args.seeds)
