@@ -5,8 +5,9 @@
 - One pruner for every algorithm (a median pruner fed each epoch's validation accuracy by a Trainer
   callback), so no rule is tuned with a different budget (research notes, anchors_ff_mf.md 4d: the study
   that pruned only backprop).
-- The sampler's seed is derived from the study name, so studies of different rules or datasets never
-  share one stream of suggestions (the same notes: byte-identical "tuned" values across studies).
+- The sampler's seed is derived from the study name (plus the worker's index), so studies of different
+  rules or datasets, and the workers of one study, never share one stream of suggestions (the same notes:
+  byte-identical "tuned" values across studies).
 - Storage: a journal file under the run root by default (embedded, no server), or any Optuna storage URL
   (PostgreSQL for a study shared by several machines). The same command continues the study. Trials that
   a killed worker left RUNNING are marked FAIL: on a journal file when the next command starts (this
