@@ -80,7 +80,7 @@ def fail_stale_trials(study: optuna.Study) -> list[int]:
     """Mark RUNNING trials FAIL: on a journal file this command owns, they belong to a killed worker."""
     stale = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
     for t in stale:
-        study._storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        study.tell(t.number, state=TrialState.FAIL)
     if stale:
         log.warning("marked %d trial(s) left running by a killed worker as failed: %s", len(stale), stale)
     return [t.number for t in stale]

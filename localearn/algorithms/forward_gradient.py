@@ -195,7 +195,7 @@ class ForwardGradient(Algorithm):
                     functools.partial(directional_derivative, f=per_example_loss, at=z_point)
                 )(split)  # [K * G, N]
             grad_z = (derivatives.view(*derivatives.shape, *[1] * (z.dim() - 1)) * split).sum(0)
-            grad_z /= self.config.num_tangents * len(y)  # the mean loss over the batch
+            grad_z /= k * len(y)  # the mean loss over the batch
             h = post(z_point)
             loss = F.cross_entropy(head(h.detach()), y)  # exact local gradient for the head
             # Disjoint graphs again: the unit's weights from grad_z, the head from its loss.

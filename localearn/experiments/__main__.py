@@ -192,10 +192,9 @@ def resolve_settings(args: argparse.Namespace) -> tuple[dict[str, Any], dict[str
     return settings, hparams
 
 
-def train_command(args: argparse.Namespace) -> int:
-    settings, hparams = resolve_settings(args)
-    device = resolve_device(args.device)
-    train, val, test = load_dataset(
+def load_splits(args: argparse.Namespace, settings: dict[str, Any], device: torch.device) -> tuple:
+    """train, val, test for a run's options (a single run, or every trial of a study)."""
+    return load_dataset(
         args.dataset,
         data_dir=args.data_dir,
         device=device,
@@ -204,9 +203,38 @@ def train_command(args: argparse.Namespace) -> int:
         augment=settings["augment"],
         cache_dir=args.cache_dir,
     )
+
+
+def build_algorithm(
+    args: argparse.Namespace,
+    settings: dict[str, Any],
+    hparams: dict[str, Any],
+    train: Any,
+    device: torch.device,
+) -> Any:
+    """The seeded network of the run's model spec, and the algorithm on it."""
     torch.manual_seed(args.seed)
     net = models.from_spec(settings["model"], train.input_shape, train.num_classes).to(device)
-    algo = make(args.algo, net, train.num_classes, input_shape=train.input_shape, **hparams)
+    return make(args.algo, net, train.num_classes, input_shape=train.input_shape, **hparams)
+
+
+def stopping_options(args: argparse.Namespace, settings: dict[str, Any]) -> dict[str, Any]:
+    """The Trainer's loop and stopping-rule settings: one place, so runs and trials share the rule."""
+    return {
+        "epochs": settings["epochs"],
+        "batch_size": settings["batch_size"],
+        "patience": settings["patience"] or None,
+        "min_delta": args.min_delta,
+        "monitor": args.monitor,
+        "seed": args.seed,
+    }
+
+
+def train_command(args: argparse.Namespace) -> int:
+    settings, hparams = resolve_settings(args)
+    device = resolve_device(args.device)
+    train, val, test = load_splits(args, settings, device)
+    algo = build_algorithm(args, settings, hparams, train, device)
     dataset_label = Path(args.dataset).name if Path(args.dataset).is_dir() else args.dataset
     model_label = settings["model"].replace(":", "", 1).replace(":", "-").replace(",", "x")  # mlp256x256-tanh
     name = args.name or f"{dataset_label}-{args.algo}-{model_label}-s{args.seed}"
@@ -218,12 +246,7 @@ def train_command(args: argparse.Namespace) -> int:
             train,
             val,
             test,
-            epochs=settings["epochs"],
-            batch_size=settings["batch_size"],
-            patience=settings["patience"] or None,
-            min_delta=args.min_delta,
-            monitor=args.monitor,
-            seed=args.seed,
+            **stopping_options(args, settings),
             run_dir=run_dir,
             resume=args.resume,
             progress=not args.no_progress,
@@ -430,34 +453,17 @@ def _tune_worker(
     from .. import tuning
 
     device = resolve_device(run_args.device)
-    train, val, _ = load_dataset(  # the test split never enters a trial
-        run_args.dataset,
-        data_dir=run_args.data_dir,
-        device=device,
-        val_fraction=run_args.val_fraction,
-        seed=run_args.seed,
-        augment=settings["augment"],
-        cache_dir=run_args.cache_dir,
-    )
+    train, val, _ = load_splits(run_args, settings, device)  # the test split never enters a trial
     meter = None if run_args.no_energy else EnergyMeter(device, country_iso_code=run_args.country)
 
     def build_trainer(params: dict[str, Any], callbacks: list[Any]) -> Trainer:
-        torch.manual_seed(run_args.seed)
-        net = models.from_spec(settings["model"], train.input_shape, train.num_classes).to(device)
-        algo = make(
-            run_args.algo, net, train.num_classes, input_shape=train.input_shape, **{**hparams, **params}
-        )
+        algo = build_algorithm(run_args, settings, {**hparams, **params}, train, device)
         return Trainer(
             algo,
             train,
             val,
             val,  # the Trainer scores a "test" split at the end: here the validation set again
-            epochs=settings["epochs"],
-            batch_size=settings["batch_size"],
-            patience=settings["patience"] or None,
-            min_delta=run_args.min_delta,
-            monitor=run_args.monitor,
-            seed=run_args.seed,
+            **stopping_options(run_args, settings),
             progress=False,
             callbacks=([EnergyCallback(meter)] if meter else []) + callbacks,
         )
