@@ -4,9 +4,10 @@ __version__ = "0.1.0"
 
 from . import models  # noqa: E402
 from .algorithms import ALGORITHMS, Algorithm, make  # noqa: E402
-from .callbacks import Checkpointer, MetricsLogger, ProgressBar  # noqa: E402
+from .callbacks import Callback, Checkpointer, MetricsLogger, ProgressBar  # noqa: E402
 from .data import DataSplit, load_dataset  # noqa: E402
-from .trainer import Callback, Result, Trainer  # noqa: E402
+from .rundir import RunDirectory  # noqa: E402
+from .trainer import Result, Trainer  # noqa: E402
 
 __all__ = [
     "ALGORITHMS",
@@ -17,6 +18,7 @@ __all__ = [
     "MetricsLogger",
     "ProgressBar",
     "Result",
+    "RunDirectory",
     "Trainer",
     "__version__",
     "load_dataset",

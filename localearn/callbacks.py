@@ -1,41 +1,60 @@
-"""Callbacks the Trainer attaches by itself: metrics.jsonl, checkpoint.pt and the progress bar."""
+"""Handlers attached to the Trainer's loop: the Callback base, metrics.jsonl, checkpoint.pt, progress.
+
+The Trainer calls, in list order: on_fit_start, then per epoch on_epoch_start, on_batch_end after every
+step and on_epoch_end with the epoch's record (a callback may add entries to it), then on_fit_end with the
+Result. A callback with state (energy totals, say) returns it from state_dict so that a resumed run
+continues its figures.
+"""
 
 from __future__ import annotations
 
-import json
 import logging
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 from tqdm.auto import tqdm
 
-from .trainer import Callback, Result, Trainer, atomic_write_bytes
+from .rundir import RunDirectory
+
+if TYPE_CHECKING:  # only for annotations: the trainer imports this module, never the other way round
+    from .trainer import Result, Trainer
 
 log = logging.getLogger(__name__)
 
 
-class MetricsLogger(Callback):
-    """Appends one JSON line per epoch to metrics.jsonl."""
+class Callback:
+    """Hooks into the loop. Override what you need; a callback may add entries to an epoch's record."""
 
-    def __init__(self, path: Path) -> None:
-        self.path = path
+    def on_fit_start(self, trainer: Trainer) -> None: ...
+    def on_epoch_start(self, trainer: Trainer) -> None: ...
+    def on_batch_end(self, trainer: Trainer, stats: dict[str, Any]) -> None: ...
+    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None: ...
+    def on_fit_end(self, trainer: Trainer, result: Result) -> None: ...
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+class MetricsLogger(Callback):
+    """Appends one JSON line per epoch to the run directory's metrics.jsonl."""
+
+    def __init__(self, run_dir: RunDirectory) -> None:
+        self.run_dir = run_dir
 
     def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
-        with open(self.path, "a") as f:
-            f.write(json.dumps(record) + "\n")
+        self.run_dir.append_metrics(record)
 
 
 class Checkpointer(Callback):
-    """Writes checkpoint.pt (atomically) after every ``every`` epochs and after the last one."""
+    """Saves the Trainer's state in the run directory after every ``every`` epochs and after the last."""
 
-    def __init__(self, run_dir: Path, every: int = 1) -> None:
-        self.path, self.every = run_dir / "checkpoint.pt", every
+    def __init__(self, run_dir: RunDirectory, every: int = 1) -> None:
+        self.run_dir, self.every = run_dir, every
 
     def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
         if trainer.finished or trainer.epoch % self.every == 0:
-            state = trainer.state_dict()
-            atomic_write_bytes(self.path, lambda f: torch.save(state, f))
+            self.run_dir.save_checkpoint(trainer.state_dict())
 
 
 class ProgressBar(Callback):
@@ -46,14 +65,15 @@ class ProgressBar(Callback):
         self.bar: Any = None
 
     def on_epoch_start(self, trainer: Trainer) -> None:
-        batches = -(-len(trainer.train_split) // trainer.batch_size)
-        stage = (
-            f" stage {trainer.algo.stage + 1}/{trainer.algo.num_stages}"
-            if trainer.algo.num_stages > 1
-            else ""
-        )
+        algo = trainer.algo
+        stage = f" stage {algo.stage + 1}/{algo.num_stages}" if algo.num_stages > 1 else ""
+        passes = f" ({algo.passes_per_epoch} data passes)" if algo.passes_per_epoch > 1 else ""
         self.bar = tqdm(
-            total=batches, desc=f"epoch {trainer.epoch}{stage}", unit="batch", leave=True, dynamic_ncols=True
+            total=trainer.batches_per_pass * algo.passes_per_epoch,
+            desc=f"epoch {trainer.epoch}{stage}{passes}",
+            unit="batch",
+            leave=True,
+            dynamic_ncols=True,
         )
 
     def on_batch_end(self, trainer: Trainer, stats: dict[str, Any]) -> None:

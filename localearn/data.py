@@ -13,7 +13,6 @@ import logging
 import multiprocessing as mp
 import os
 import sys
-import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
@@ -23,6 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
+
+from .rundir import atomic_write
 
 __all__ = [
     "DATASETS",
@@ -213,15 +214,7 @@ def _decode_images(root: Path, paths: list[str]) -> torch.Tensor:
 def _write_cache(blob: dict, cache_file: Path, stale_glob: str) -> None:
     try:
         cache_file.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache_file.parent, prefix=cache_file.name, suffix=".tmp")
-        try:
-            with os.fdopen(fd, "wb") as f:
-                torch.save(blob, f)
-            os.chmod(tmp, 0o644)  # mkstemp makes it private; a shared cache dir should stay readable
-            os.replace(tmp, cache_file)  # atomic: readers never see half a file
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        atomic_write(cache_file, lambda f: torch.save(blob, f))  # readers never see half a file
     except OSError as e:
         logger.warning("could not write cache %s (%s); images will be decoded again next time", cache_file, e)
         return

@@ -7,7 +7,9 @@ class scores.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import dataclasses
+import math
+from collections.abc import Callable, Sequence
 
 from torch import nn
 
@@ -75,50 +77,95 @@ def cnn(
     return nn.Sequential(*units)
 
 
-MODEL_KINDS = ("mlp", "cnn")
+# -- model specs: ``kind[:sizes][:option...]``, built through a table of kinds ---------------------------
 
 
-def from_spec(spec: str, input_shape: Sequence[int], num_classes: int) -> nn.Sequential:
+@dataclasses.dataclass(frozen=True)
+class ModelKind:
+    """How a spec's kind becomes a network: ``build(input_shape, num_classes, sizes, options)``."""
+
+    build: Callable[[Sequence[int], int, list[int], list[str]], nn.Module]
+    default_sizes: tuple[int, ...]  # the one place a kind's default widths are written
+    options: tuple[str, ...]  # what may follow the sizes
+    sizes_help: str  # how the sizes read, for error messages
+
+
+def _mlp_from_spec(
+    input_shape: Sequence[int], num_classes: int, sizes: list[int], options: list[str]
+) -> nn.Module:
+    activation = next((o for o in options if o in ACTIVATIONS), "relu")
+    return mlp(
+        math.prod(input_shape), sizes, num_classes, activation=activation, bias="nobias" not in options
+    )
+
+
+def _cnn_from_spec(
+    input_shape: Sequence[int], num_classes: int, sizes: list[int], options: list[str]
+) -> nn.Module:
+    if len(input_shape) != 3 or input_shape[1] != input_shape[2]:
+        raise ValueError(f"cnn needs square images [C, H, H]; the data has input shape {tuple(input_shape)}")
+    activation = next((o for o in options if o in ACTIVATIONS), "relu")
+    return cnn(input_shape[0], num_classes, sizes, image_size=input_shape[1], activation=activation)
+
+
+MODEL_KINDS: dict[str, ModelKind] = {
+    "mlp": ModelKind(
+        _mlp_from_spec, (1000, 1000), (*ACTIVATIONS, "nobias"), "hidden sizes, e.g. mlp:1000,1000"
+    ),
+    "cnn": ModelKind(_cnn_from_spec, (64, 128, 256), tuple(ACTIVATIONS), "channels, e.g. cnn:64,128,256"),
+}
+
+
+def register_model(name: str, kind: ModelKind) -> None:
+    """Make ``name[:sizes][:options]`` a model spec (a rule's own block structure, say)."""
+    if MODEL_KINDS.get(name, kind) is not kind:
+        raise ValueError(f"model kind {name!r} is already registered")
+    MODEL_KINDS[name] = kind
+
+
+def parse_spec(spec: str) -> tuple[str, list[int] | None, list[str]]:
+    """``kind[:sizes][:option...]`` -> (kind, sizes or None, options), each checked against the kind."""
+    kind_name, *fields = spec.split(":")
+    if kind_name not in MODEL_KINDS:
+        valid = "; ".join(f"{k}[:{v.sizes_help.split(', e.g. ')[0]}]" for k, v in MODEL_KINDS.items())
+        raise ValueError(f"unknown model {spec!r}; valid kinds: {valid}, then :option ...")
+    kind = MODEL_KINDS[kind_name]
+    sizes, options = (fields[0], fields[1:]) if fields else ("", [])
+    try:
+        widths = [int(s) for s in sizes.split(",")] if sizes else None
+    except ValueError:
+        raise ValueError(
+            f"model {spec!r}: sizes must be integers separated by commas ({kind.sizes_help})"
+        ) from None
+    for option in options:
+        if option not in kind.options:
+            raise ValueError(f"model {spec!r}: unknown option {option!r}; valid: {', '.join(kind.options)}")
+    return kind_name, widths, options
+
+
+def canonical_spec(spec: str, like: str | None = None) -> str:
+    """The spec with its sizes written out, so that results name them. A kind without sizes takes those of
+    ``like`` (a preset's spec) when that is of the same kind (and its options too, where it names none),
+    else the kind's defaults."""
+    kind, sizes, options = parse_spec(spec)
+    if sizes is None:
+        like_kind, like_sizes, like_options = parse_spec(like) if like is not None else (None, None, [])
+        if like_kind == kind and like_sizes is not None:
+            sizes, options = like_sizes, options or like_options
+        else:
+            sizes = list(MODEL_KINDS[kind].default_sizes)
+    return ":".join([kind, ",".join(map(str, sizes)), *options])
+
+
+def from_spec(spec: str, input_shape: Sequence[int], num_classes: int) -> nn.Module:
     """Build a network from a text spec: ``kind[:sizes][:option...]``.
 
     ``mlp:1000,1000`` (hidden sizes), ``cnn:64,128,256`` (channels); options after the sizes name the
     activation (relu, the default, tanh, elu, gelu) and ``nobias`` (MLP only), e.g. ``mlp:256,256:tanh``
     or ``mlp:1024,1024:elu:nobias``. The spec is recorded in every result so the run can be rebuilt.
     """
-    kind, *fields = spec.split(":")
-    if kind not in MODEL_KINDS:
-        raise ValueError(
-            f"unknown model {spec!r}; valid: mlp:H1,H2,... or cnn:C1,C2,..., then :activation or :nobias"
-        )
-    sizes, options = (fields[0], fields[1:]) if fields else ("", [])
-    try:
-        widths = [int(s) for s in sizes.split(",")] if sizes else None
-    except ValueError:
-        raise ValueError(
-            f"model {spec!r}: sizes must be integers separated by commas, e.g. {kind}:1000,1000"
-        ) from None
-    activation, bias = "relu", True
-    for option in options:
-        if option in ACTIVATIONS:
-            activation = option
-        elif option == "nobias" and kind == "mlp":
-            bias = False
-        else:
-            valid = [*ACTIVATIONS, *(["nobias"] if kind == "mlp" else [])]
-            raise ValueError(f"model {spec!r}: unknown option {option!r}; valid: {', '.join(valid)}")
-    if kind == "mlp":
-        features = 1
-        for d in input_shape:
-            features *= d
-        hidden = widths if widths is not None else [1000, 1000]
-        return mlp(features, hidden, num_classes, activation=activation, bias=bias)
-    if len(input_shape) != 3 or input_shape[1] != input_shape[2]:
-        raise ValueError(f"cnn needs square images [C, H, H]; the data has input shape {tuple(input_shape)}")
-    channels, side = input_shape[0], input_shape[1]
-    return cnn(
-        channels,
-        num_classes,
-        widths if widths is not None else (64, 128, 256),
-        image_size=side,
-        activation=activation,
+    kind, sizes, options = parse_spec(spec)
+    spec_kind = MODEL_KINDS[kind]
+    return spec_kind.build(
+        input_shape, num_classes, sizes if sizes is not None else list(spec_kind.default_sizes), options
     )

@@ -2,44 +2,49 @@
 
     fit
      |- check inputs (shapes, classes, devices)            nothing is written before this passes
+     |- run directory: write config.json, or resume from checkpoint.pt (rundir.py does the files)
      |- on_fit_start(trainer)
      |- for each epoch:
      |    |- on_epoch_start(trainer)
-     |    |- for each shuffled batch: algo.train_step(x, y); on_batch_end(trainer, stats)
-     |    |- validation accuracy and loss with algo.predict
+     |    |- for each of the rule's passes over the data: algo.enter(stage, pass), then for each shuffled
+     |    |  batch: algo.set_progress(...); algo.train_step(x, y); on_batch_end(trainer, stats)
+     |    |- validation accuracy and loss with algo.predict (after algo.begin_evaluation)
      |    |- the stopping rule (same for all algorithms; applied per stage for staged rules)
      |    '- on_epoch_end(trainer, record)                 meters, metrics.jsonl, checkpoint.pt, progress
      |- restore the best-validation state; test set, once
-     '- on_fit_end(trainer, result)                        result.json
+     '- on_fit_end(trainer, result); result.json
 
-Metering, logging, checkpointing, progress and pruning are callbacks; none of it lives in an algorithm.
-``train_seconds`` counts training and per-epoch validation only (not checkpoint I/O, not the test set).
+Metering, logging, checkpointing, progress and pruning are callbacks; none of it lives in an algorithm, and
+no file is opened here. ``train_seconds`` counts training and per-epoch validation only (not checkpoint
+I/O, not the test set). Epochs and data passes are both counted: a rule whose epoch is several passes
+over the data (one block per pass) is compared with others at matched passes.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-import json
 import logging
 import math
 import os
-import platform
-import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from .algorithms.base import Algorithm
+from .callbacks import Callback, Checkpointer, MetricsLogger, ProgressBar
 from .data import DataSplit, iterate_batches
+from .rundir import RunDirectory, environment_info
 
 log = logging.getLogger(__name__)
 
 MONITORS = {"val_accuracy": "max", "val_loss": "min"}
+# The loop's own state, saved in every checkpoint.
+LOOP_STATE = "epoch stage_epoch data_passes best_metric best_epoch best_val_accuracy bad_epochs".split()
+LOOP_STATE += ["train_seconds", "finished", "stop_reason"]
 
 
 class DivergenceError(RuntimeError):
@@ -52,6 +57,7 @@ class Result:
     dataset: str
     model: str
     epochs: int  # epochs run, summed over stages
+    data_passes: int  # passes over the training data: epochs x the rule's passes per epoch
     best_epoch: int
     seed: int
     device: str
@@ -68,46 +74,11 @@ class Result:
         d.update(d.pop("extra"))
         return d
 
-
-class Callback:
-    """Hooks into the loop. Override what you need; a callback may add entries to an epoch's record."""
-
-    def on_fit_start(self, trainer: Trainer) -> None: ...
-    def on_epoch_start(self, trainer: Trainer) -> None: ...
-    def on_batch_end(self, trainer: Trainer, stats: dict[str, Any]) -> None: ...
-    def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None: ...
-    def on_fit_end(self, trainer: Trainer, result: Result) -> None: ...
-
-    def state_dict(self) -> dict[str, Any]:
-        return {}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None: ...
-
-
-def atomic_write_bytes(path: Path, write: Any) -> None:
-    """Write via a temporary name in the same directory, then rename: a kill never leaves half a file."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
-        write(f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, lambda f: f.write((json.dumps(obj, indent=2, default=str) + "\n").encode()))
-
-
-def environment_info() -> dict[str, str]:
-    from . import __version__
-
-    return {
-        "localearn": __version__,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "cuda": torch.version.cuda or "none",
-    }
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Result:
+        names = {f.name for f in dataclasses.fields(cls)} - {"extra"}
+        d = {"data_passes": d.get("epochs"), **d}  # results written before passes were counted: 1 per epoch
+        return cls(**{k: d[k] for k in names}, extra={k: v for k, v in d.items() if k not in names})
 
 
 class Trainer:
@@ -117,9 +88,10 @@ class Trainer:
         epochs: epoch cap (per stage for staged rules).
         patience: epochs without improvement of ``monitor`` (by more than ``min_delta``) before stopping;
             None disables early stopping (the cap alone ends the run).
-        run_dir: where config.json, metrics.jsonl, checkpoint.pt and result.json go; None writes nothing.
-        resume: continue from run_dir/checkpoint.pt (a finished run returns its saved result).
-        run_info: descriptive entries for config.json and result.json (dataset, model, ...).
+        run_dir: a directory (or a ``RunDirectory``) for config.json, metrics.jsonl, checkpoint.pt and
+            result.json; None writes nothing.
+        resume: continue from run_dir's checkpoint (a finished run returns its saved result).
+        run_info: descriptive entries for config.json and result.json (dataset, model, the run's spec).
     """
 
     def __init__(
@@ -135,7 +107,7 @@ class Trainer:
         min_delta: float = 0.0,
         monitor: str = "val_accuracy",
         seed: int = 0,
-        run_dir: str | os.PathLike | None = None,
+        run_dir: str | os.PathLike | RunDirectory | None = None,
         resume: bool = False,
         callbacks: Sequence[Callback] = (),
         progress: bool = True,
@@ -160,18 +132,18 @@ class Trainer:
         self.algo, self.train_split, self.val_split, self.test_split = algo, train, val, test
         self.epochs, self.batch_size, self.eval_batch_size = epochs, batch_size, eval_batch_size
         self.patience, self.min_delta, self.monitor, self.seed = patience, min_delta, monitor, seed
-        self.run_dir = Path(run_dir) if run_dir is not None else None
-        self.resume = resume
+        self.batches_per_pass = -(-len(train) // batch_size)
+        if run_dir is not None and not isinstance(run_dir, RunDirectory):
+            run_dir = RunDirectory(run_dir, resume)
+        self.run_dir = run_dir
         self.run_info = dict(run_info or {})
         self.run_info.setdefault("dataset", train.name)
         self.run_info.setdefault("model", type(algo.net).__name__)
 
-        from .callbacks import Checkpointer, MetricsLogger, ProgressBar  # callbacks import this module
-
         # User callbacks run first so that what they add to a record reaches metrics.jsonl and the checkpoint.
         self.callbacks: list[Callback] = list(callbacks)
         if self.run_dir is not None:
-            self.callbacks += [MetricsLogger(self.run_dir / "metrics.jsonl"), Checkpointer(self.run_dir)]
+            self.callbacks += [MetricsLogger(self.run_dir), Checkpointer(self.run_dir)]
         if progress:
             self.callbacks.append(ProgressBar())
 
@@ -179,6 +151,7 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(seed)
         self.epoch = 0  # epochs run, all stages
         self.stage_epoch = 0
+        self.data_passes = 0
         self.best_metric: float | None = None
         self.best_epoch = 0
         self.best_val_accuracy: float | None = None
@@ -201,13 +174,15 @@ class Trainer:
         }
 
     def config(self) -> dict[str, Any]:
-        """Everything needed to rerun this run (written to config.json)."""
+        """Everything needed to rerun this run (config.json); the caller's run_info says how it was asked
+        for (the command line puts the run's spec there)."""
+        algo = self.algo
         return {
             **self.run_info,
-            "algorithm": self.algo.name,
-            "hyperparameters": self.algo.hyperparameters(),
+            "algorithm": algo.name,
+            "hyperparameters": algo.hyperparameters(),
             "seed": self.seed,
-            "device": str(self.algo.device),
+            "device": str(algo.device),
             "data": {
                 "dataset": self.train_split.name,
                 "train": len(self.train_split),
@@ -219,15 +194,15 @@ class Trainer:
             },
             "trainer": {
                 "epochs": self.epochs,
-                "epochs_apply_to": "each stage" if self.algo.num_stages > 1 else "the run",
-                "num_stages": self.algo.num_stages,
+                "epochs_apply_to": "each stage" if algo.num_stages > 1 else "the run",
+                "num_stages": algo.num_stages,
+                "passes_per_epoch": algo.passes_per_epoch,
                 "batch_size": self.batch_size,
                 "stopping_rule": self.stopping_rule(),
                 # Beside the rule, not in it: reports compare rules, and a note is not a difference.
-                **({"stopping_rule_note": self.algo.monitor_note} if self.algo.monitor_note else {}),
+                **({"stopping_rule_note": algo.monitor_note} if algo.monitor_note else {}),
             },
             "versions": environment_info(),
-            "command": " ".join(sys.argv),
         }
 
     # -- checks ----------------------------------------------------------------------------------------
@@ -246,8 +221,8 @@ class Trainer:
             raise ValueError(f"empty split: train {len(train)}, test {len(self.test_split)} examples")
         if train.device != algo.device:
             raise ValueError(
-                f"the data is on {train.device} but the network is on {algo.device}; "
-                "load the data and build the network on the same device"
+                f"the data is on {train.device} but the algorithm is on {algo.device}; "
+                "load the data and build the algorithm on the same device"
             )
         algo.train(False)
         try:
@@ -266,9 +241,11 @@ class Trainer:
     def fit(self) -> Result:
         self._check_inputs()
         if self.run_dir is not None:
-            done = self._prepare_run_dir()
-            if done is not None:
-                return done
+            saved, state = self.run_dir.open(self.config())
+            if saved is not None:
+                return Result.from_dict(saved)
+            if state is not None:
+                self.load_state_dict(state)
         for cb in self.callbacks:
             cb.on_fit_start(self)
         while not self.finished:
@@ -281,6 +258,7 @@ class Trainer:
             dataset=str(self.run_info["dataset"]),
             model=str(self.run_info["model"]),
             epochs=self.epoch,
+            data_passes=self.data_passes,
             best_epoch=self.best_epoch,
             seed=self.seed,
             device=str(self.algo.device),
@@ -294,18 +272,20 @@ class Trainer:
                 "batch_size": self.batch_size,
                 "augment": "crop+flip" if self.train_split.augment else "none",
                 "stopping_rule": self.stopping_rule(),
+                "passes_per_epoch": self.algo.passes_per_epoch,
             },
         )
         for cb in self.callbacks:
             cb.on_fit_end(self, result)
         if self.run_dir is not None:
-            atomic_write_json(self.run_dir / "result.json", result.to_dict())
+            self.run_dir.write_result(result.to_dict())
         log.info(
-            "%s on %s: test accuracy %.4f after %d epochs, %.1f s",
+            "%s on %s: test accuracy %.4f after %d epochs (%d data passes), %.1f s",
             result.algorithm,
             result.dataset,
             test_accuracy,
             self.epoch,
+            self.data_passes,
             self.train_seconds,
         )
         return result
@@ -320,23 +300,31 @@ class Trainer:
         start = time.perf_counter()
         algo.train(True)
         sums: dict[str, torch.Tensor | float] = {}
-        batches = 0
-        for x, y in iterate_batches(
-            self.train_split, self.batch_size, shuffle=True, generator=self.generator
-        ):
-            stats = algo.train_step(x, y)
-            for k, v in stats.items():  # tensors stay on the device: no sync per step
-                sums[k] = sums.get(k, 0.0) + (v.detach() if isinstance(v, torch.Tensor) else v)
-            batches += 1
-            for cb in self.callbacks:
-                cb.on_batch_end(self, stats)
-        train_stats = {f"train_{k}": float(v) / batches for k, v in sums.items()}
+        counts: dict[str, int] = {}
+        steps_per_epoch = self.batches_per_pass * algo.passes_per_epoch
+        budget = self.epochs * steps_per_epoch  # the learning-rate schedule's horizon (per stage)
+        step = (self.stage_epoch - 1) * steps_per_epoch
+        for data_pass in range(algo.passes_per_epoch):
+            algo.enter(algo.stage, data_pass)
+            for x, y in iterate_batches(
+                self.train_split, self.batch_size, shuffle=True, generator=self.generator
+            ):
+                algo.set_progress(step / budget)
+                stats = algo.train_step(x, y)
+                step += 1
+                for k, v in stats.items():  # tensors stay on the device: no sync per step
+                    sums[k] = sums.get(k, 0.0) + (v.detach() if isinstance(v, torch.Tensor) else v)
+                    counts[k] = counts.get(k, 0) + 1
+                for cb in self.callbacks:
+                    cb.on_batch_end(self, stats)
+            self.data_passes += 1
+        train_stats = {f"train_{k}": float(v) / counts[k] for k, v in sums.items()}
         bad = {k: v for k, v in train_stats.items() if not math.isfinite(v)}
         if bad:
             raise DivergenceError(
                 f"{algo.name} diverged in epoch {self.epoch}: {bad}; try a smaller lr "
                 f"(now {algo.hyperparameters().get('lr')}). Files written so far are kept"
-                + (f" in {self.run_dir}" if self.run_dir else "")
+                + (f" in {self.run_dir.path}" if self.run_dir else "")
             )
         val_accuracy, val_loss = self.evaluate(self.val_split) if len(self.val_split) else (None, None)
         _sync(algo.device)
@@ -346,6 +334,7 @@ class Trainer:
             "epoch": self.epoch,
             "stage": algo.stage + 1,
             "stage_epoch": self.stage_epoch,
+            "data_passes": self.data_passes,
             **train_stats,
             "val_accuracy": val_accuracy,
             "val_loss": val_loss,
@@ -385,7 +374,7 @@ class Trainer:
             record["stage_end"] = reason
             if self.best_state is not None:
                 self.algo.load_state_dict(self.best_state)
-            self.algo.advance_stage()
+            self.algo.enter(self.algo.stage + 1)
             # The next stage is judged on its own: its readout is a different classifier.
             self.stage_epoch, self.best_metric, self.bad_epochs, self.best_state = 0, None, 0, None
         else:
@@ -395,6 +384,7 @@ class Trainer:
     def evaluate(self, split: DataSplit) -> tuple[float, float]:
         """Accuracy and mean cross-entropy of ``algo.predict``'s scores on a split."""
         self.algo.train(False)
+        self.algo.begin_evaluation()
         correct = torch.zeros((), dtype=torch.long, device=split.device)
         loss = torch.zeros((), device=split.device)
         for x, y in iterate_batches(split, self.eval_batch_size):
@@ -404,25 +394,12 @@ class Trainer:
         n = len(split)
         return correct.item() / n, loss.item() / n
 
-    # -- run directory and resume -------------------------------------------------------------------------
+    # -- the state a checkpoint holds --------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
         return {
             "algo": self.algo.state_dict(),
             "best_state": self.best_state,
-            "loop": {
-                k: getattr(self, k)
-                for k in (
-                    "epoch",
-                    "stage_epoch",
-                    "best_metric",
-                    "best_epoch",
-                    "best_val_accuracy",
-                    "bad_epochs",
-                    "train_seconds",
-                    "finished",
-                    "stop_reason",
-                )
-            },
+            "loop": {k: getattr(self, k) for k in LOOP_STATE},
             "generator": self.generator.get_state(),
             "torch_rng": torch.get_rng_state(),
             "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
@@ -443,55 +420,7 @@ class Trainer:
             if type(cb).__name__ in state["callbacks"]:
                 cb.load_state_dict(state["callbacks"][type(cb).__name__])
 
-    def _prepare_run_dir(self) -> Result | None:
-        """Create the run directory, or pick up where an interrupted run left off."""
-        assert self.run_dir is not None
-        config = self.config()
-        checkpoint = self.run_dir / "checkpoint.pt"
-        if self.resume and (self.run_dir / "config.json").exists():
-            saved = json.loads((self.run_dir / "config.json").read_text())
-            ignored = {"versions", "command"}
-            differ = sorted(
-                k
-                for k in set(saved) | set(config)
-                if k not in ignored
-                and json.dumps(saved.get(k), default=str) != json.dumps(config.get(k), default=str)
-            )
-            if differ:
-                raise ValueError(f"cannot resume {self.run_dir}: its config differs in {', '.join(differ)}")
-            if (self.run_dir / "result.json").exists():
-                log.info("%s already finished; returning its result", self.run_dir)
-                return _result_from_dict(json.loads((self.run_dir / "result.json").read_text()))
-            if checkpoint.exists():
-                # Onto the CPU: RNG states must stay CPU tensors; load_state_dict moves the rest.
-                self.load_state_dict(torch.load(checkpoint, map_location="cpu", weights_only=False))
-                _truncate_metrics(self.run_dir / "metrics.jsonl", self.epoch)
-                log.info("resuming %s after epoch %d", self.run_dir, self.epoch)
-                return None
-        elif self.run_dir.exists() and any(self.run_dir.iterdir()):
-            raise FileExistsError(
-                f"run directory {self.run_dir} is not empty; pass resume=True to continue it"
-            )
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "metrics.jsonl").unlink(missing_ok=True)
-        atomic_write_json(self.run_dir / "config.json", config)
-        return None
-
 
 def _sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-
-
-def _truncate_metrics(path: Path, last_epoch: int) -> None:
-    """Drop lines written after the checkpoint (a kill between the two writes), so no epoch appears twice."""
-    if not path.exists():
-        return
-    lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
-    kept = [ln for ln in lines if json.loads(ln)["epoch"] <= last_epoch]
-    atomic_write_bytes(path, lambda f: f.write("".join(ln + "\n" for ln in kept).encode()))
-
-
-def _result_from_dict(d: dict[str, Any]) -> Result:
-    names = {f.name for f in dataclasses.fields(Result)} - {"extra"}
-    return Result(**{k: d[k] for k in names}, extra={k: v for k, v in d.items() if k not in names})

@@ -1,6 +1,8 @@
 """Hyperparameter tuning with Optuna, the same for every algorithm (DESIGN.md: Tuning, Fair comparison).
 
-- Search space: the algorithm's ``search_space(trial)``, over the run's other hyperparameters.
+- Search space: the algorithm's ``search_space(trial, config)``, over the run's other hyperparameters. A
+  value the user fixed (``--lr``, ``--hp``) is held: the space returns it without asking the sampler, so it
+  is left out of the search, and the study records what was fixed.
 - Objective: the best validation accuracy of one Trainer run. The test split never enters a trial.
 - One pruner for every algorithm (a median pruner fed each epoch's validation accuracy by a Trainer
   callback), so no rule is tuned with a different budget (research notes, anchors_ff_mf.md 4d: the study
@@ -31,7 +33,9 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
-from .trainer import Callback, Trainer
+from .callbacks import Callback
+from .rundir import atomic_write_json
+from .trainer import Trainer
 
 log = logging.getLogger(__name__)
 
@@ -90,6 +94,44 @@ def finished_trials(study: optuna.Study) -> int:
     return sum(t.state in FINISHED for t in study.get_trials(deepcopy=False))
 
 
+class HoldFixed:
+    """A trial whose suggest_* return the user's fixed values for those names, without asking the sampler:
+    a fixed hyperparameter is no dimension of the search. Everything else is the wrapped trial's."""
+
+    def __init__(self, trial: optuna.Trial, fixed: dict[str, Any]) -> None:
+        self._trial, self._fixed = trial, fixed
+
+    def _suggest(self, method: str, name: str, *args: Any, **kwargs: Any) -> Any:
+        if name in self._fixed:
+            return self._fixed[name]
+        return getattr(self._trial, method)(name, *args, **kwargs)
+
+    def suggest_float(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        return self._suggest("suggest_float", name, *args, **kwargs)
+
+    def suggest_int(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        return self._suggest("suggest_int", name, *args, **kwargs)
+
+    def suggest_categorical(self, name: str, *args: Any, **kwargs: Any) -> Any:
+        return self._suggest("suggest_categorical", name, *args, **kwargs)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._trial, name)
+
+
+def record_fixed(study: optuna.Study, fixed: dict[str, Any]) -> None:
+    """Write the fixed values into the study, or refuse to continue a study that held other ones (its trials
+    would not be comparable with the new ones)."""
+    recorded = study.user_attrs.get("fixed_hyperparameters")
+    if recorded is None:
+        study.set_user_attr("fixed_hyperparameters", fixed)
+    elif json.dumps(recorded, sort_keys=True) != json.dumps(fixed, sort_keys=True):
+        raise ValueError(
+            f"study {study.study_name} was run with fixed hyperparameters {recorded}, not {fixed}; "
+            "use the same --lr/--hp, or another --study name"
+        )
+
+
 class TrialCallback(Callback):
     """Each epoch: the trial's seconds, joules and epochs so far as user attributes (pruned trials keep
     them too), and, when pruning, the validation accuracy to the pruner, stopping the run if it says so."""
@@ -116,14 +158,16 @@ class TrialCallback(Callback):
 def run_trials(
     study: optuna.Study,
     build_trainer: Callable[[dict[str, Any], list[Callback]], Trainer],
-    search_space: Callable[[optuna.Trial], dict[str, Any]],
+    search_space: Callable[[Any], dict[str, Any]],
     n_trials: int,
     multi_objective: bool = False,
+    fixed: dict[str, Any] | None = None,
 ) -> None:
-    """Run n_trials trials in this process. ``build_trainer(params, callbacks)`` makes one run's Trainer."""
+    """Run n_trials trials in this process. ``search_space(trial)`` suggests a trial's hyperparameters
+    (``fixed`` ones are held), ``build_trainer(params, callbacks)`` makes its Trainer."""
 
     def objective(trial: optuna.Trial) -> float | tuple[float, float]:
-        params = search_space(trial)
+        params = search_space(HoldFixed(trial, fixed or {}))
         trainer = build_trainer(params, [TrialCallback(trial, prune=not multi_objective)])
         result = trainer.fit()
         joules = result.extra.get("energy_joules")
@@ -136,25 +180,25 @@ def run_trials(
     study.optimize(objective, n_trials=n_trials, catch=())
 
 
-def write_best(study: optuna.Study, path: Path, fixed: dict[str, Any]) -> dict[str, Any]:
-    """The best trial's hyperparameters (over the fixed ones) as JSON; with two objectives, the Pareto
-    front."""
+def write_best(study: optuna.Study, path: Path, base: dict[str, Any]) -> dict[str, Any]:
+    """The best trial's hyperparameters (over the run's others, ``base``) as JSON, with what the user held
+    fixed; with two objectives, the Pareto front."""
+    fixed = study.user_attrs.get("fixed_hyperparameters", {})
     if len(study.directions) > 1:
         front = [
-            {"number": t.number, "values": t.values, "params": {**fixed, **t.params}}
+            {"number": t.number, "values": t.values, "params": {**base, **t.params}}
             for t in study.best_trials
         ]
-        out: dict[str, Any] = {"study": study.study_name, "pareto_front": front}
+        out: dict[str, Any] = {"study": study.study_name, "fixed": fixed, "pareto_front": front}
     else:
         best = study.best_trial
         out = {
             "study": study.study_name,
             "trial": best.number,
             "val_accuracy": best.value,
-            "params": {**fixed, **best.params},
+            "fixed": fixed,
+            "params": {**base, **best.params},
         }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(out, indent=1))
-    tmp.replace(path)
+    atomic_write_json(path, out)
     return out

@@ -1,7 +1,19 @@
+import os
+from pathlib import Path
+
 import pytest
 import torch
 
-from localearn.data import DataSplit
+# A test rule that builds its own blocks joins the registry as a plugin would, here and in every process
+# the tests start (the command line's children included): the registry-wide tests cover it, no special case.
+TESTS = str(Path(__file__).parent)
+os.environ["LOCALEARN_PLUGINS"] = "noisy_label_blocks"
+os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [TESTS, os.environ.get("PYTHONPATH")]))
+
+from localearn.algorithms import ALGORITHMS  # noqa: E402
+from localearn.data import DataSplit  # noqa: E402
+
+assert "noisy_label_blocks" in ALGORITHMS
 
 CLASSES = ["a", "b", "c", "d"]
 

@@ -142,23 +142,20 @@ def test_help_lists_algorithms_and_hyperparameters(capsys):
     assert all(name in out for name in ALGORITHMS) and "schedule=" in out
 
 
-@pytest.mark.parametrize(
-    "argv, model, expected",
-    [
-        (["mnist", "--algo", "dfa"], "mlp:256,256,256,256,256:tanh", {"optimizer": "sgd", "lr": 0.1}),
-        (["mnist", "--algo", "forward_gradient"], "mlp:1024,1024", {"optimizer": "sgd", "lr": 1e-5}),
-        (["cifar10", "--algo", "counter_current"], "mlp:1024,1024,1024:elu:nobias", {"lr": 0.5, "clip": 0.5}),
-        # A variant brings its own preset, over the dataset's; the command line still wins.
-        (
-            ["mnist", "--algo", "forward_gradient", "--hp", "variant=local_activity", "--lr", "1e-3"],
-            "mlp:1024,1024",
-            {"variant": "local_activity", "optimizer": "adam", "lr": 1e-3, "groups": 32},
-        ),
-    ],
-)
-def test_presets_follow_the_algorithm_and_variant(argv, model, expected):
-    from localearn.experiments.__main__ import build_parser, resolve_settings
+def test_abbreviations_are_refused(image_tree, tmp_path):
+    """--epoch is not --epochs: a misspelt option fails loudly instead of setting something else."""
+    with pytest.raises(SystemExit) as exit_:
+        main([str(image_tree), "--algo", "backprop", "--epoch", "1", "--out", str(tmp_path)])
+    assert exit_.value.code == 2 and not list(tmp_path.iterdir())
 
-    settings, hparams = resolve_settings(build_parser().parse_args(argv))
-    assert settings["model"] == model
-    assert hparams == expected
+
+def test_a_run_is_rerun_from_its_config(image_tree, tmp_path, capsys):
+    """config.json holds the run's spec: ``train --spec`` runs the same thing again (in a new directory)."""
+    args = [str(image_tree), "--algo", "mono_forward", *COMMON, "--out", str(tmp_path), "--name", "a"]
+    assert main([*args, "--cache-dir", str(tmp_path / "cache")]) == 0
+    first = json.loads((tmp_path / "a" / "result.json").read_text())
+    assert main(["train", "--spec", str(tmp_path / "a" / "config.json"), "-q"]) == 0
+    again = json.loads((tmp_path / "a-2" / "result.json").read_text())
+    assert (again["test_accuracy"], again["test_loss"]) == (first["test_accuracy"], first["test_loss"])
+    assert main(["train", "--spec", str(tmp_path / "a" / "config.json"), "--epochs", "2"]) == 2
+    assert "--spec takes no other run options" in capsys.readouterr().err

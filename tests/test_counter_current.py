@@ -147,8 +147,10 @@ def test_convolutional_form():
 
 
 def test_errors():
+    # The input size comes from the first Linear; a convolutional first unit needs it said.
+    assert make("counter_current", ll.models.mlp(6, [8], 3), 3).feedback[0][1].out_features == 6
     with pytest.raises(ValueError, match="input_shape"):
-        make("counter_current", ll.models.mlp(6, [8], 3), 3)
+        make("counter_current", ll.models.cnn(3, 3, channels=(4,), image_size=8), 3)
     with pytest.raises(HyperparameterError, match="code, paper"):
         ccl(loss="identity")
     with pytest.raises(HyperparameterError, match="feedback_activation"):

@@ -111,7 +111,7 @@ def test_greedy_schedule_trains_one_unit_at_a_time():
     algo.train_step(x, y)
     assert not torch.equal(algo.net.state_dict()["0.1.weight"], before["0.1.weight"])
     assert torch.equal(algo.net.state_dict()["1.0.weight"], before["1.0.weight"])
-    algo.advance_stage()
+    algo.enter(1)
     frozen = algo.net[0][1].weight.clone()
     algo.train_step(x, y)
     assert torch.equal(algo.net[0][1].weight, frozen) and algo.net[0][1].weight.grad is None

@@ -81,14 +81,16 @@ def test_sequential_schedule_trains_one_unit_at_a_time():
     assert torch.equal(after["1.0.weight"], before["1.0.weight"])  # unit 2 waits for its stage
     # Stage 1 predicts with its own readout M_1.
     torch.testing.assert_close(algo.predict(x), algo.projections[0](algo.net[0](x)))
-    algo.advance_stage()
+    algo.enter(1)
     frozen = algo.net[0][1].weight.clone()
     algo.train_step(x, y)
     assert torch.equal(algo.net[0][1].weight, frozen)  # unit 1 is frozen now
     assert not torch.equal(algo.net.state_dict()["1.0.weight"], before["1.0.weight"])
     torch.testing.assert_close(algo.predict(x), algo.net(x))
-    with pytest.raises(RuntimeError, match="last stage"):
-        algo.advance_stage()
+    with pytest.raises(ValueError, match="cannot enter 2"):
+        algo.enter(2)
+    with pytest.raises(ValueError, match="cannot enter 0"):  # stages only ever go forward
+        algo.enter(0)
 
 
 def test_sequential_schedule_through_the_trainer(blobs):

@@ -38,6 +38,7 @@ def make_run(root, name, algorithm, seed, accuracy, joules, seconds=10.0, hparam
             "model": "mlp:8",
             "seed": seed,
             "epochs": 2,
+            "data_passes": 2,
             "device": "cpu",
             "test_accuracy": accuracy,
             "train_seconds": seconds,
@@ -108,7 +109,8 @@ def test_configurations_are_rows_of_their_own_and_the_baseline_is_found_by_name(
 def test_report_files(runs_dir):
     out = write_report(runs_dir, baseline="backprop")
     md = (out / "report.md").read_text()
-    assert "| mono_forward (schedule=sequential) | mnist | mlp:8 | 0 | 0.9100 | 2.0 | 10.0 | missing |" in md
+    row = "| mono_forward (schedule=sequential) | mnist | mlp:8 | 0 | 0.9100 | 2.0 | 2.0 | 10.0 | missing |"
+    assert row in md
     assert "0.9400 ± 0.0141" in md  # mono_forward's mean ± sample SD
     assert "Stopping rule:" in md and '"patience": 10' in md and "DIFFERS" not in md.split("Metered")[0]
     assert "Unfinished runs left out: killed" in md
@@ -191,6 +193,10 @@ def test_compare_runs_every_algorithm_with_distinct_seeds_then_reports(image_tre
     [
         (["--algos", "backprop,nope"], "unknown algorithm 'nope'"),
         (["--algos", "backprop", "--seed", "3"], "--seed is set by compare"),
+        # Every spelling of an option compare sets itself is refused, not passed on to every run.
+        (["--algos", "a,b", "--seeds", "2", "--seed=5"], "--seed is set by compare"),
+        (["--algos", "a,b", "--seeds", "2", "--se", "5"], "--seed is set by compare"),
+        (["--algos", "backprop", "--resume"], "--resume is set by compare"),
         (["--algos", "backprop", "--seeds", "0"], "at least one seed"),
     ],
 )

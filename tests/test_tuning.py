@@ -74,7 +74,8 @@ def test_a_study_completes_with_its_trials_and_writes_the_best(image_tree, tmp_p
 def test_every_algorithm_is_tuned_by_the_same_command(name, image_tree, tmp_path):
     assert main(tune_args(image_tree, tmp_path, name, trials=1, epochs=1)) == 0
     (trial,) = trials_of(tmp_path, f"tiny-{name}")
-    assert trial.state == COMPLETE and set(trial.params) == set(ALGORITHMS[name].search_space(trial))
+    cls = ALGORITHMS[name]
+    assert trial.state == COMPLETE and set(trial.params) == set(cls.search_space(trial, cls.Config()))
 
 
 def test_the_pruner_stops_a_bad_configuration(blobs):
@@ -91,7 +92,10 @@ def test_the_pruner_stops_a_bad_configuration(blobs):
         algo = make("backprop", ll.models.mlp(20, [16], 4), 4, **params)
         return ll.Trainer(algo, train, val, val, epochs=6, batch_size=32, progress=False, callbacks=callbacks)
 
-    tuning.run_trials(study, build_trainer, ALGORITHMS["backprop"].search_space, n_trials=4)
+    config = ALGORITHMS["backprop"].Config()
+    tuning.run_trials(
+        study, build_trainer, lambda t: ALGORITHMS["backprop"].search_space(t, config), n_trials=4
+    )
     states = [t.state for t in study.trials]
     assert states == [COMPLETE, COMPLETE, COMPLETE, optuna.trial.TrialState.PRUNED]
     pruned = study.trials[3]
@@ -139,6 +143,35 @@ def test_two_workers_share_one_study(image_tree, tmp_path):
     assert all(t.state.is_finished() and t.state != FAIL for t in trials)
     # Each worker has a sampler stream of its own: no two trials got the same suggestions.
     assert len({json.dumps(t.params, sort_keys=True) for t in trials}) == 4
+
+
+def test_a_value_the_user_fixes_is_held_and_left_out_of_the_search(image_tree, tmp_path, capsys):
+    """--lr (or --hp lr=...) on tune: every trial runs at that learning rate, the sampler never sees it, and
+    the study, and its best.json, say it was fixed. A continued study must keep the same fixed values."""
+    assert main(tune_args(image_tree, tmp_path, trials=2, epochs=1, extra=["--lr", "0.05"])) == 0
+    trials = trials_of(tmp_path)
+    assert all(set(t.params) == {"weight_decay"} for t in trials)  # lr is no dimension of the search
+    storage, _ = tuning.open_storage(None, tmp_path / "tuning", "tiny-backprop")
+    study = optuna.load_study(study_name="tiny-backprop", storage=storage)
+    assert study.user_attrs["fixed_hyperparameters"] == {"lr": 0.05}
+    best = json.loads((tmp_path / "tuning" / "tiny-backprop.best.json").read_text())
+    assert best["fixed"] == {"lr": 0.05} and best["params"]["lr"] == 0.05
+    # Every trial really ran at the fixed value.
+    seen = []
+    original = tuning.Trainer.fit
+
+    def spy(self):
+        seen.append(self.algo.config.lr)
+        return original(self)
+
+    tuning.Trainer.fit = spy
+    try:
+        assert main(tune_args(image_tree, tmp_path, trials=3, epochs=1, extra=["--hp", "lr=0.05"])) == 0
+    finally:
+        tuning.Trainer.fit = original
+    assert seen == [0.05]
+    assert main(tune_args(image_tree, tmp_path, trials=4, epochs=1, extra=["--lr", "0.01"])) == 2
+    assert "fixed hyperparameters {'lr': 0.05}, not {'lr': 0.01}" in capsys.readouterr().err
 
 
 def test_tune_errors(image_tree, tmp_path, capsys):

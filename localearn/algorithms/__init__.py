@@ -1,24 +1,46 @@
-"""The registry of learning rules and ``make``, the one way to build any of them by name."""
+"""The registry of learning rules and ``make``, the one way to build any of them by name.
+
+A rule outside this package joins the registry with ``@register``; modules named (comma-separated) in
+``$LOCALEARN_PLUGINS`` are imported when the registry loads, so their rules reach the command line and the
+processes it starts (compare's runs, tune's workers) as well as ``make``.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
+import os
 from collections.abc import Sequence
 from typing import Any
 
+import torch
 from torch import nn
 
 from .backprop import Backprop
-from .base import Algorithm, HyperparameterError
+from .base import Algorithm, HyperparameterError, ParameterGroups
 from .counter_current import CounterCurrent
 from .dfa import DFA
 from .forward_forward import ForwardForward
 from .forward_gradient import ForwardGradient
 from .mono_forward import MonoForward
 
-ALGORITHMS: dict[str, type[Algorithm]] = {
-    cls.name: cls for cls in (Backprop, CounterCurrent, DFA, ForwardForward, ForwardGradient, MonoForward)
-}
+ALGORITHMS: dict[str, type[Algorithm]] = {}
+
+
+def register(cls: type[Algorithm]) -> type[Algorithm]:
+    """Add a rule to the registry under ``cls.name`` (usable as a class decorator)."""
+    if not cls.name:
+        raise ValueError(f"{cls.__name__} has no name; set the class attribute `name`")
+    if ALGORITHMS.get(cls.name, cls) is not cls:
+        raise ValueError(f"algorithm name {cls.name!r} is taken by {ALGORITHMS[cls.name].__name__}")
+    ALGORITHMS[cls.name] = cls
+    return cls
+
+
+for _cls in (Backprop, CounterCurrent, DFA, ForwardForward, ForwardGradient, MonoForward):
+    register(_cls)
+for _module in filter(None, (m.strip() for m in os.environ.get("LOCALEARN_PLUGINS", "").split(","))):
+    importlib.import_module(_module)
 
 
 def get_algorithm(name: str) -> type[Algorithm]:
@@ -32,23 +54,53 @@ def hyperparameter_fields(name: str) -> dict[str, dataclasses.Field]:
     return {f.name: f for f in dataclasses.fields(get_algorithm(name).Config)}
 
 
-def make(
-    name: str,
-    net: nn.Module,
-    num_classes: int,
-    *,
-    input_shape: Sequence[int] | None = None,
-    **hparams: Any,
-) -> Algorithm:
-    """Build the algorithm ``name`` on ``net``; unknown names or hyperparameters list the valid ones."""
-    cls = get_algorithm(name)
+def check_hyperparameters(name: str, hparams: dict[str, Any]) -> Any:
+    """The algorithm's Config built from ``hparams``: unknown names and bad values fail here, clearly."""
     valid = hyperparameter_fields(name)
     unknown = sorted(set(hparams) - set(valid))
     if unknown:
         raise HyperparameterError(
             f"unknown hyperparameter(s) {', '.join(unknown)} for {name}; valid: {', '.join(valid)}"
         )
-    return cls(net, num_classes, input_shape=input_shape, **hparams)
+    return get_algorithm(name).Config(**hparams)
 
 
-__all__ = ["ALGORITHMS", "Algorithm", "HyperparameterError", "get_algorithm", "hyperparameter_fields", "make"]
+def make(
+    name: str,
+    net: nn.Module | str | None,
+    num_classes: int,
+    *,
+    input_shape: Sequence[int] | None = None,
+    device: str | torch.device | None = None,
+    **hparams: Any,
+) -> Algorithm:
+    """Build the algorithm ``name``; unknown names or hyperparameters list the valid ones.
+
+    ``net`` is a module of the user's (each rule says what it can train, and refuses the rest by naming
+    what it needs), a model spec such as ``"mlp:1000,1000"`` that the rule builds itself, or None for the
+    rule's own default network. A spec needs ``input_shape``; a module built elsewhere is moved to
+    ``device`` when one is given.
+    """
+    cls = get_algorithm(name)
+    config = check_hyperparameters(name, hparams)
+    if net is None or isinstance(net, str):
+        model = net or cls.default_model
+        if model is None:
+            raise ValueError(f"{name} has no network of its own: pass a module or a model spec")
+        if input_shape is None:
+            raise ValueError(f"building {name}'s network from {model!r} needs input_shape=(...)")
+        net = cls.build_network(model, tuple(input_shape), num_classes, config)
+    return cls(net, num_classes, input_shape=input_shape, device=device, **hparams)
+
+
+__all__ = [
+    "ALGORITHMS",
+    "Algorithm",
+    "HyperparameterError",
+    "ParameterGroups",
+    "check_hyperparameters",
+    "get_algorithm",
+    "hyperparameter_fields",
+    "make",
+    "register",
+]

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Algorithm, OptimizerConfig, make_optimizer
+from .base import Algorithm, OptimizerConfig
 
 
 class Backprop(Algorithm):
@@ -22,8 +22,7 @@ class Backprop(Algorithm):
 
     def __init__(self, net: nn.Module, num_classes: int, **kwargs: object) -> None:
         super().__init__(net, num_classes, **kwargs)
-        c = self.config
-        self.optimizers = [make_optimizer(c.optimizer, net.parameters(), c.lr, c.weight_decay, c.momentum)]
+        self.optimizers = [self.make_optimizer(self.net.parameters())]
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         (optimizer,) = self.optimizers

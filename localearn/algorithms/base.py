@@ -1,14 +1,30 @@
-"""The Algorithm contract shared by every learning rule, and a few mechanics they share.
+"""The Algorithm contract shared by every learning rule, and the mechanics they share.
 
-An algorithm owns its network, its auxiliary parameters and its optimizers. The Trainer only calls:
+An algorithm owns its network, its auxiliary parameters, its optimizers and its random generators. The
+Trainer only calls:
 
     train_step(x, y) -> {"loss": ..., ...}   one update on one batch
     predict(x)       -> [batch, num_classes]  class scores, no grad
     state_dict() / load_state_dict(state)     everything needed to resume
-    search_space(trial) -> dict               hyperparameters for Optuna (classmethod)
+    enter(stage, data_pass)                   before every pass over the training data (see below)
+    set_progress(fraction)                    before every step: the learning-rate schedule follows it
+    begin_evaluation()                        before every evaluation: the evaluation noise restarts
 
-Rules that train in stages (a unit at a time) also expose ``num_stages``, ``stage`` and
-``advance_stage()``: the Trainer applies its one stopping rule to each stage in turn.
+and two classmethods: ``build_network(model, input_shape, num_classes, config)`` (the module the rule
+trains; default: ``models.from_spec``) and ``search_space(trial, config)`` (Optuna).
+
+What trains when: a run is a sequence of stages (``num_stages`` > 1: parts trained one after another, each
+to its own stopping point, as Mono-Forward's sequential schedule), and each epoch of a stage is
+``passes_per_epoch`` passes over the training data (> 1: one block per pass, or a budget of several passes
+for rules that train one block per step). The Trainer calls ``enter(stage, data_pass)`` before every pass;
+the base class starts a later stage (freezing what trained before) and records the pass in
+``self.data_pass``. Configs, results and reports count data passes, not only epochs.
+
+Randomness: ``self.generator`` draws the rule's training noise (negatives, tangents, noisy labels) and is
+saved with the state; ``self.eval_generator`` draws prediction noise and is reseeded by
+``begin_evaluation``, so an evaluation is a deterministic function of the weights. Both are seeded from
+torch's global generator without advancing it, so a rule's randomness never shifts the initialisation of
+anything built after it.
 
 Hyperparameters live in a dataclass per algorithm (``Config``); its fields are the only keywords ``make``
 accepts, and ``__post_init__`` checks choices so a bad value fails before any work starts.
@@ -23,6 +39,8 @@ from typing import Any, ClassVar
 
 import torch
 from torch import nn
+
+from .. import models
 
 
 class HyperparameterError(ValueError):
@@ -42,6 +60,7 @@ def check_positive(name: str, value: float, allow_zero: bool = False) -> None:
 
 
 OPTIMIZERS = ("adam", "adamw", "sgd")
+LR_SCHEDULES = ("constant", "cosine", "linear_cooldown")
 
 
 def make_optimizer(
@@ -65,12 +84,36 @@ class OptimizerConfig:
     optimizer: str = "adam"  # adam | adamw | sgd
     weight_decay: float = 0.0
     momentum: float = 0.9  # SGD only
+    # The learning rate over the budget (the epoch cap; per stage for staged rules), set every step:
+    lr_schedule: str = "constant"  # constant | cosine (down to lr_floor * lr) | linear_cooldown
+    lr_floor: float = 0.0  # cosine: the final learning rate as a fraction of lr
+    cooldown_start: float = 0.5  # linear_cooldown: constant until this fraction, then linearly to 0
 
     def __post_init__(self) -> None:
         check_positive("lr", self.lr)
         check_choice("optimizer", self.optimizer, OPTIMIZERS)
         check_positive("weight_decay", self.weight_decay, allow_zero=True)
         check_positive("momentum", self.momentum, allow_zero=True)
+        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
+        if not 0 <= self.lr_floor <= 1:
+            raise HyperparameterError(f"lr_floor={self.lr_floor!r} must lie in [0, 1]")
+        if not 0 <= self.cooldown_start < 1:
+            raise HyperparameterError(f"cooldown_start={self.cooldown_start!r} must lie in [0, 1)")
+
+
+def lr_factor(config: Any, fraction: float) -> float:
+    """The learning rate's multiplier at ``fraction`` (0..1) of the budget under the Config's schedule."""
+    fraction = min(max(fraction, 0.0), 1.0)
+    if config.lr_schedule == "cosine":
+        return config.lr_floor + (1 - config.lr_floor) * 0.5 * (1 + math.cos(math.pi * fraction))
+    if config.lr_schedule == "linear_cooldown":  # loeweX/Forward-Forward's cool-down, per step
+        start = config.cooldown_start
+        return 1.0 if fraction <= start else (1 - fraction) / (1 - start)
+    return 1.0
+
+
+# Learning-rate ranges for tuning, by optimizer: adaptive optimizers and plain SGD live on different scales.
+LR_RANGES = {"adam": (1e-5, 1e-2), "adamw": (1e-5, 1e-2), "sgd": (1e-3, 1.0)}
 
 
 def units_of(net: nn.Module, algorithm: str) -> list[nn.Module]:
@@ -83,36 +126,41 @@ def units_of(net: nn.Module, algorithm: str) -> list[nn.Module]:
     return list(net.children())
 
 
+def infer_input_shape(net: nn.Module) -> tuple[int, ...] | None:
+    """(in_features,) where the first layer with weights is an nn.Linear; None where it cannot be known
+    (a convolution fixes the channels but not the height and width)."""
+    first = next((m for m in net.modules() if next(m.parameters(recurse=False), None) is not None), None)
+    return (first.in_features,) if isinstance(first, nn.Linear) else None
+
+
 def unit_output_shapes(
     units: Sequence[nn.Module], input_shape: Sequence[int] | None, num_classes: int, algorithm: str
 ) -> list[tuple[int, ...]]:
-    """The output shape of every unit (no batch dimension), for rules that attach something to each unit.
-
-    With the input shape known this is one dry pass (any unit, convolutional ones included); without it
-    only units ending in an nn.Linear can be sized, and anything else asks for ``input_shape``.
-    """
-    if input_shape is not None:
-        device = next((p.device for u in units for p in u.parameters()), torch.device("cpu"))
-        shapes = []
+    """The output shape of every unit (no batch dimension), by one dry pass in evaluation mode."""
+    if input_shape is None:
+        raise ValueError(
+            f"{algorithm} needs the input shape to size what it attaches to each unit, and it cannot be "
+            "inferred from this network (its first layer with weights is not an nn.Linear): pass "
+            "input_shape=(C, H, W) to make()"
+        )
+    params = (p for u in units for p in u.parameters())
+    device = next(params, torch.zeros(())).device
+    modes = [(m, m.training) for u in units for m in u.modules()]
+    shapes = []
+    try:
         with torch.no_grad():
-            a = torch.zeros(1, *input_shape, device=device)
+            a = torch.zeros(2, *input_shape, device=device)  # 2: batch norm refuses a batch of one
             for unit in units:
+                unit.eval()
                 a = unit(a)
                 shapes.append(tuple(a.shape[1:]))
-        if shapes[-1] != (num_classes,):
-            raise ValueError(
-                f"the network's last unit gives outputs of shape {shapes[-1]}, expected ({num_classes},)"
-            )
-        return shapes
-    shapes = []
-    for i, unit in enumerate(units):
-        linears = [m for m in unit.modules() if isinstance(m, nn.Linear)]
-        if not linears or any(isinstance(m, nn.modules.conv._ConvNd) for m in unit.modules()):
-            raise ValueError(
-                f"{algorithm} cannot infer the output size of unit {i + 1} (no final nn.Linear); "
-                "pass input_shape=... to make() (the CLI and Trainer do)"
-            )
-        shapes.append((linears[-1].out_features,))
+    finally:
+        for m, mode in modes:
+            m.training = mode
+    if shapes[-1] != (num_classes,):
+        raise ValueError(
+            f"the network's last unit gives outputs of shape {shapes[-1]}, expected ({num_classes},)"
+        )
     return shapes
 
 
@@ -121,12 +169,35 @@ def linear_readout(unit_output_shape: Sequence[int], num_classes: int) -> nn.Mod
     return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(unit_output_shape), num_classes, bias=False))
 
 
+def forward_detached(units: Iterable[nn.Module], x: torch.Tensor) -> list[torch.Tensor]:
+    """Every unit's output, each unit fed the *detached* output of the one before: the graph is cut at
+    every unit boundary, so a loss on one output reaches that unit's parameters and nothing earlier."""
+    outputs, h = [], x
+    for unit in units:
+        h = unit(h.detach())
+        outputs.append(h)
+    return outputs
+
+
+@dataclasses.dataclass
+class ParameterGroups:
+    """What must learn independently, and what every group shares.
+
+    ``local``: named groups in order from the input up; under a ``local`` rule a group's update on a batch
+    does not depend on the parameters of any later group. ``shared``: parameters that learn from every
+    group's loss (a label embedding, a classifier used by every block); the locality tests leave them out.
+    """
+
+    local: dict[str, list[nn.Parameter]]
+    shared: dict[str, list[nn.Parameter]] = dataclasses.field(default_factory=dict)
+
+
 class Algorithm:
     """Base class of every learning rule. Subclasses set ``name`` and ``Config`` and implement the rule."""
 
     name: ClassVar[str] = ""
     Config: ClassVar[type] = OptimizerConfig
-    num_stages: int = 1  # > 1 for rules that train one unit at a time
+    default_model: ClassVar[str | None] = None  # a rule's own network kind, over the dataset preset's
     convolutional: ClassVar[bool] = True  # False: the rule refuses convolutional units with a clear error
     # What the update of a unit may depend on besides its own input, parameters and the targets:
     #   "local"         nothing else: no signal crosses a unit boundary (Mono-Forward, Forward-Forward,
@@ -137,6 +208,8 @@ class Algorithm:
     locality: str = "local"
     monitors: ClassVar[tuple[str, ...]] = ("val_accuracy", "val_loss")  # what early stopping may watch
     monitor_note: ClassVar[str] = ""  # why a rule allows fewer monitors; stated in every config
+    num_stages: int = 1  # > 1: parts trained one after another (see the module docstring)
+    passes_per_epoch: int = 1  # > 1: one epoch is this many passes over the training data
 
     def __init__(
         self,
@@ -144,19 +217,31 @@ class Algorithm:
         num_classes: int,
         *,
         input_shape: Sequence[int] | None = None,
+        device: str | torch.device | None = None,
         **hparams: Any,
     ) -> None:
         if num_classes < 2:
             raise HyperparameterError(f"num_classes={num_classes} must be >= 2")
-        self.net = net
-        self.num_classes = num_classes
-        self.input_shape = tuple(input_shape) if input_shape is not None else None
         self.config = self.Config(**hparams)
-        self.stage = 0
+        # The device is recorded, not guessed later: given, else the network's, else the CPU.
+        first = next(net.parameters(), None)
+        self.device = (
+            torch.device(device)
+            if device is not None
+            else (first.device if first is not None else torch.device("cpu"))
+        )
+        self.net = net.to(self.device)
+        self.num_classes = num_classes
+        self.input_shape = tuple(input_shape) if input_shape is not None else infer_input_shape(net)
+        self.stage, self.data_pass = 0, 0
         # Auxiliary parameters (projection matrices, feedback weights, ...) go in here so that they are
         # saved, moved and counted with the network.
         self.aux = nn.ModuleDict()
         self.optimizers: list[torch.optim.Optimizer] = []
+        with torch.random.fork_rng(devices=[]):  # seeds from the global stream, which stays where it was
+            seed, self.eval_seed = (int(torch.randint(2**62, ())) for _ in range(2))
+        self.generator = torch.Generator(device=self.device).manual_seed(seed)
+        self.eval_generator = torch.Generator(device=self.device).manual_seed(self.eval_seed)
 
     # -- the contract ---------------------------------------------------------------------------------
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float | torch.Tensor]:
@@ -168,37 +253,80 @@ class Algorithm:
         raise NotImplementedError
 
     @classmethod
-    def search_space(cls, trial: Any) -> dict[str, Any]:
-        """Hyperparameters for one Optuna trial; the default tunes learning rate and weight decay."""
+    def build_network(
+        cls, model: str, input_shape: Sequence[int], num_classes: int, config: Any
+    ) -> nn.Module:
+        """The module this rule trains, from a model spec (``mlp:1000,1000``, ...); ``config`` is the rule's
+        resolved Config, for rules whose network depends on a hyperparameter (a number of blocks)."""
+        return models.from_spec(model, input_shape, num_classes)
+
+    @classmethod
+    def example_network(cls, input_shape: Sequence[int], num_classes: int) -> nn.Module:
+        """A small network for the registry-wide tests: four units (three hidden) for stacked rules."""
+        return cls.build_network("mlp:8,8,32", input_shape, num_classes, cls.Config())
+
+    @classmethod
+    def search_space(cls, trial: Any, config: Any) -> dict[str, Any]:
+        """Hyperparameters for one Optuna trial, given the run's other settings (``config``, the resolved
+        Config). The default tunes the learning rate on the optimizer's scale and the weight decay."""
         return {
-            "lr": trial.suggest_float("lr", 1e-5, 1e-2, log=True),
+            "lr": trial.suggest_float("lr", *LR_RANGES[config.optimizer], log=True),
             "weight_decay": trial.suggest_float("weight_decay", 1e-7, 1e-3, log=True),
         }
 
-    def advance_stage(self) -> None:
-        """Freeze the current stage and start the next one, with fresh optimizers for what trains now."""
-        if self.stage + 1 >= self.num_stages:
-            raise RuntimeError(f"{self.name} is already at its last stage ({self.num_stages})")
-        self.stage += 1
-        self.net.zero_grad(set_to_none=True)  # the frozen unit keeps no stale gradient
-        self.optimizers = self._optimizers_for_stage(self.stage)
+    def parameter_groups(self) -> ParameterGroups:
+        """Default for stacked rules: one group per unit (child) of the network, from the input up."""
+        return ParameterGroups(
+            {f"unit{i + 1}": list(u.parameters()) for i, u in enumerate(self.net.children())}
+        )
 
-    def _optimizers_for_stage(self, stage: int) -> list[torch.optim.Optimizer]:
+    # -- what trains when -------------------------------------------------------------------------------
+    def enter(self, stage: int, data_pass: int = 0) -> None:
+        """Before a pass over the training data: start ``stage`` if it is a later one, note the pass."""
+        if not self.stage <= stage < self.num_stages:
+            raise ValueError(
+                f"{self.name} is at stage {self.stage} of {self.num_stages}; cannot enter {stage}"
+            )
+        if not 0 <= data_pass < self.passes_per_epoch:
+            raise ValueError(f"data pass {data_pass} is outside 0..{self.passes_per_epoch - 1}")
+        while self.stage < stage:
+            self.stage += 1
+            self.net.zero_grad(set_to_none=True)  # what froze keeps no stale gradient
+            self.optimizers = self.optimizers_for_stage(self.stage)
+        self.data_pass = data_pass
+
+    def optimizers_for_stage(self, stage: int) -> list[torch.optim.Optimizer]:
         """Staged rules: the optimizers of what trains in ``stage``."""
         raise NotImplementedError
 
+    def set_progress(self, fraction: float) -> None:
+        """Where training stands in its budget (0 at the start, 1 at the epoch cap): every optimizer's
+        learning rates follow the Config's ``lr_schedule`` (constant: nothing changes)."""
+        if getattr(self.config, "lr_schedule", "constant") == "constant":
+            return
+        factor = lr_factor(self.config, fraction)
+        for optimizer in self.optimizers:
+            for group in optimizer.param_groups:
+                group.setdefault("initial_lr", group["lr"])  # saved with the optimizer's state
+                group["lr"] = group["initial_lr"] * factor
+
+    def begin_evaluation(self) -> None:
+        """Restart the evaluation noise, so that predictions are a function of the weights alone."""
+        self.eval_generator.manual_seed(self.eval_seed)
+
     # -- shared mechanics -----------------------------------------------------------------------------
-    @property
-    def device(self) -> torch.device:
-        for p in self.net.parameters():
-            return p.device
-        return torch.device("cpu")
+    def make_optimizer(
+        self, params: Iterable[nn.Parameter], lr: float | None = None
+    ) -> torch.optim.Optimizer:
+        """An optimizer over ``params`` as the Config says (``lr`` overrides the Config's learning rate)."""
+        c = self.config
+        return make_optimizer(c.optimizer, params, c.lr if lr is None else lr, c.weight_decay, c.momentum)
 
     def hyperparameters(self) -> dict[str, Any]:
         return dataclasses.asdict(self.config)
 
     def extra_state(self) -> dict[str, Any]:
-        """Rule-specific state beyond modules and optimizers (generators, stage, running statistics)."""
+        """Rule-specific state beyond modules, optimizers and generators (running statistics, ...)."""
         return {}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
@@ -208,9 +336,12 @@ class Algorithm:
         return {
             "algorithm": self.name,
             "stage": self.stage,
+            "data_pass": self.data_pass,
             "net": self.net.state_dict(),
             "aux": self.aux.state_dict(),
             "optimizers": [opt.state_dict() for opt in self.optimizers],
+            "generator": self.generator.get_state(),
+            "eval_seed": self.eval_seed,
             "extra": self.extra_state(),
         }
 
@@ -222,8 +353,7 @@ class Algorithm:
             raise ValueError(
                 f"state is from stage {state['stage']}, this {self.name} is at stage {self.stage}"
             )
-        while self.stage < state["stage"]:
-            self.advance_stage()
+        self.enter(state["stage"], state["data_pass"])
         self.net.load_state_dict(state["net"])
         self.aux.load_state_dict(state["aux"])
         if len(state["optimizers"]) != len(self.optimizers):
@@ -232,6 +362,9 @@ class Algorithm:
             )
         for opt, opt_state in zip(self.optimizers, state["optimizers"], strict=True):
             opt.load_state_dict(opt_state)
+        self.generator.set_state(state["generator"])
+        self.eval_seed = state["eval_seed"]
+        self.begin_evaluation()
         self.load_extra_state(state["extra"])
 
     def train(self, mode: bool = True) -> None:

@@ -50,11 +50,13 @@ from torch import nn
 
 from ..models import ACTIVATIONS
 from .base import (
+    LR_RANGES,
     Algorithm,
     OptimizerConfig,
+    ParameterGroups,
     check_choice,
     check_positive,
-    make_optimizer,
+    forward_detached,
     unit_output_shapes,
     units_of,
 )
@@ -132,12 +134,10 @@ class CounterCurrent(Algorithm):
         units = units_of(net, self.name)
         if len(units) < 2:
             raise ValueError("counter_current needs at least one hidden unit before the head")
-        if self.input_shape is None:
-            raise ValueError(
-                "counter_current needs input_shape=... to build its feedback network (the CLI and Trainer do)"
-            )
         self.hidden_units, self.head = units[:-1], units[-1]
-        shapes = [self.input_shape, *unit_output_shapes(units, self.input_shape, num_classes, self.name)]
+        # The input shape sizes the lowest feedback unit; unit_output_shapes explains when it is missing.
+        shapes = unit_output_shapes(units, self.input_shape, num_classes, self.name)
+        shapes = [self.input_shape, *shapes]
         c = self.config
         # feedback[l] is g_{l+1}: from unit l+1's output shape back to its input shape (l = 0..L-1). The
         # lowest, whose output b_0 is paired with the input x, has no activation (x may be negative).
@@ -148,20 +148,34 @@ class CounterCurrent(Algorithm):
         self.aux["feedback"] = self.feedback
         # The code's normalised pair loss belongs to convolutional networks (its CNN script).
         self.normalised = any(isinstance(m, nn.modules.conv._ConvNd) for m in net.modules())
-        feedback_lr = c.feedback_lr or c.lr
         self.optimizers = [
-            make_optimizer(c.optimizer, net.parameters(), c.lr, c.weight_decay, c.momentum),
-            make_optimizer(c.optimizer, self.feedback.parameters(), feedback_lr, c.weight_decay, c.momentum),
+            self.make_optimizer(self.net.parameters()),
+            self.make_optimizer(self.feedback.parameters(), lr=c.feedback_lr or c.lr),
         ]
+
+    @classmethod
+    def search_space(cls, trial: Any, config: Any) -> dict[str, Any]:
+        # SGD: the paper's own grid (App. 6.1): lr 0.2-2, clip 0.5 or 1 (research notes, section 1c).
+        low, high = (0.2, 2.0) if config.optimizer == "sgd" else LR_RANGES[config.optimizer]
+        return {
+            "lr": trial.suggest_float("lr", low, high, log=True),
+            "clip": trial.suggest_categorical("clip", [0.5, 1.0]),
+        }
+
+    def parameter_groups(self) -> ParameterGroups:
+        """Pair l trains forward unit l and feedback unit l+1; the input pair trains feedback unit 1 alone,
+        and the head learns from the cross-entropy alone."""
+        groups = {"input": list(self.feedback[0].parameters())}
+        for i, unit in enumerate(self.hidden_units, 1):
+            groups[f"unit{i}"] = [*unit.parameters(), *self.feedback[i].parameters()]
+        groups["head"] = list(self.head.parameters())
+        return ParameterGroups(groups)
 
     def losses(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """The step's losses, each on its own graph: "ce" (the head) and "pair{l}" for l = 0..L-1."""
         # Forward network, SG at every unit input.
-        activations, a = [x], x
-        for unit in self.hidden_units:
-            a = unit(a.detach())
-            activations.append(a)
-        logits = self.head(a.detach())
+        activations = [x, *forward_detached(self.hidden_units, x)]
+        logits = self.head(activations[-1].detach())
         # Feedback network from the targets down, SG at every unit input.
         if self.config.loss == "code":
             b = torch.eye(self.num_classes, device=x.device, dtype=x.dtype)  # every class, not the batch

@@ -37,7 +37,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Algorithm, OptimizerConfig, check_choice, make_optimizer, unit_output_shapes, units_of
+from .base import (
+    LR_RANGES,
+    Algorithm,
+    OptimizerConfig,
+    check_choice,
+    forward_detached,
+    unit_output_shapes,
+    units_of,
+)
 
 FEEDBACK_INITS = ("nokland", "unit", "xavier")
 
@@ -91,16 +99,21 @@ class DFA(Algorithm):
             [feedback_matrix(math.prod(s), num_classes, self.config.feedback_init) for s in self.unit_shapes]
         ).to(self.device)
         self.aux["feedback_matrices"] = self.feedback_matrices
-        c = self.config
-        self.optimizers = [make_optimizer(c.optimizer, net.parameters(), c.lr, c.weight_decay, c.momentum)]
+        self.optimizers = [self.make_optimizer(self.net.parameters())]
+
+    @classmethod
+    def search_space(cls, trial: Any, config: Any) -> dict[str, Any]:
+        # SGD: the CCL paper's grid for its BP and FA baselines, lr 0.01-0.4 (research notes, section 1c).
+        low, high = (0.01, 0.4) if config.optimizer == "sgd" else LR_RANGES[config.optimizer]
+        return {
+            "lr": trial.suggest_float("lr", low, high, log=True),
+            "weight_decay": trial.suggest_float("weight_decay", 1e-7, 1e-3, log=True),
+        }
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         # Forward, cutting the graph at every unit boundary: each output keeps only its own unit's graph.
-        outputs, h = [], x
-        for unit in self.hidden_units:
-            h = unit(h.detach())
-            outputs.append(h)
-        logits = self.head(h.detach())
+        outputs = forward_detached(self.hidden_units, x)
+        logits = self.head(outputs[-1].detach() if outputs else x)
         loss = F.cross_entropy(logits, y)
         # The output error e, and its projection to every hidden unit's output.
         error = (logits.detach().softmax(dim=1) - F.one_hot(y, self.num_classes).to(logits.dtype)) / len(y)

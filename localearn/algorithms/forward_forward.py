@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Algorithm, OptimizerConfig, check_choice, check_positive, make_optimizer, units_of
+from .base import Algorithm, OptimizerConfig, ParameterGroups, check_choice, check_positive, units_of
 
 
 @dataclasses.dataclass
@@ -103,18 +103,21 @@ class ForwardForward(Algorithm):
         nn.init.zeros_(self.readout.bias)
         self.aux["readout"] = self.readout
         self.num_stages = len(self.units) if self.config.schedule == "greedy" else 1
-        # Negatives: seeded from the global generator (the run seed), so repeats draw different labels.
-        self.generator = torch.Generator().manual_seed(int(torch.randint(2**62, ())))  # saved with the state
-        self.optimizers = self._optimizers_for_stage(0)
+        self.optimizers = self.optimizers_for_stage(0)
 
-    def _optimizers_for_stage(self, stage: int) -> list[torch.optim.Optimizer]:
-        c = self.config
-        units = [self.units[stage]] if c.schedule == "greedy" else self.units
-        params = [p for unit in units for p in unit.parameters()]
+    def optimizers_for_stage(self, stage: int) -> list[torch.optim.Optimizer]:
+        units = [self.units[stage]] if self.config.schedule == "greedy" else self.units
         return [
-            make_optimizer(c.optimizer, params, c.lr, c.weight_decay, c.momentum),
-            make_optimizer(c.optimizer, self.readout.parameters(), c.readout_lr, c.weight_decay, c.momentum),
+            self.make_optimizer([p for unit in units for p in unit.parameters()]),
+            self.make_optimizer(self.readout.parameters(), lr=self.config.readout_lr),
         ]
+
+    def parameter_groups(self) -> ParameterGroups:
+        # The readout learns from every unit's (detached) activity; the network's head is not used.
+        return ParameterGroups(
+            {f"unit{i + 1}": list(u.parameters()) for i, u in enumerate(self.units)},
+            shared={"readout": list(self.readout.parameters())},
+        )
 
     # -- the rule, in order: embed labels, run units with detached normalised inputs, local losses ---------
     def embed(self, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
@@ -127,14 +130,15 @@ class ForwardForward(Algorithm):
         return x
 
     def wrong_labels(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        """A label other than y for every example: uniform over the others, or hard (readout's beliefs)."""
+        """A label other than y for every example: uniform over the others, or hard (readout's beliefs).
+        Drawn from the rule's training generator, on the device."""
         if self.config.negatives == "hard":
             # The floor keeps every wrong label drawable even where the readout is sure and right.
             with torch.no_grad():
-                probs = torch.softmax(self._readout_logits(x), 1).cpu() + 1e-6
-            probs[torch.arange(len(y)), y.cpu()] = 0.0
-            return torch.multinomial(probs, 1, generator=self.generator).squeeze(1).to(y.device)
-        shift = torch.randint(1, self.num_classes, (len(y),), generator=self.generator).to(y.device)
+                probs = torch.softmax(self._readout_logits(x), 1) + 1e-6
+            probs[torch.arange(len(y), device=y.device), y] = 0.0
+            return torch.multinomial(probs, 1, generator=self.generator).squeeze(1)
+        shift = torch.randint(1, self.num_classes, (len(y),), generator=self.generator, device=y.device)
         return (y + shift) % self.num_classes
 
     def activities(self, x: torch.Tensor, upto: int | None = None) -> list[torch.Tensor]:
@@ -196,14 +200,9 @@ class ForwardForward(Algorithm):
             scores[:, c] = sum(acts[i].pow(2).sum(1) for i in counted)
         return scores
 
-    def extra_state(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state()}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        self.generator.set_state(state["generator"])
-
     @classmethod
-    def search_space(cls, trial: Any) -> dict[str, Any]:
+    def search_space(cls, trial: Any, config: Any) -> dict[str, Any]:
+        # Around loeweX's and Spyra's Adam settings (lr 1e-3 and 3e-4; readout 1e-2).
         return {
             "lr": trial.suggest_float("lr", 2e-4, 5e-3, log=True),
             "weight_decay": trial.suggest_float("weight_decay", 1e-6, 1e-3, log=True),

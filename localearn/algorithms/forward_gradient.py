@@ -31,8 +31,7 @@ u^2, so only the scale is noisy.
 
 The heads of hidden units 1..L-1 are auxiliary bias-free linear maps; the network's own head is the head
 of the last hidden unit and makes the prediction (as Mono-Forward's M_L). Tangents come from the rule's
-own generator (seeded from torch's global generator when the rule is built, saved with the state), so a
-resumed run draws the same tangents.
+training generator (the base class's, saved with the state), so a resumed run draws the same tangents.
 
 BatchNorm is refused: its running statistics are written in place, which torch.func.jvp does not allow
 (research notes, anchors_ccl_dfa_fg_noprop_db.md section 3d); LayerNorm and GroupNorm work.
@@ -50,12 +49,13 @@ from torch import nn
 from torch.func import functional_call, jvp, vmap
 
 from .base import (
+    LR_RANGES,
     Algorithm,
     HyperparameterError,
     OptimizerConfig,
+    ParameterGroups,
     check_choice,
     linear_readout,
-    make_optimizer,
     unit_output_shapes,
     units_of,
 )
@@ -120,8 +120,6 @@ class ForwardGradient(Algorithm):
                 f"place, which torch.func.jvp forbids); found {type(batch_norms[0]).__name__}. "
                 "Use LayerNorm or GroupNorm."
             )
-        seed = int(torch.randint(2**62, ()))
-        self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.readouts = nn.ModuleList()
         if self.config.variant == "local_activity":
             units = units_of(net, self.name)
@@ -133,9 +131,32 @@ class ForwardGradient(Algorithm):
             # (pre, post, head) per hidden unit: where the noise goes, what it passes through, its loss.
             self.local_units = [(*split_unit(unit), head) for unit, head in zip(hidden, heads, strict=True)]
         self.aux["readouts"] = self.readouts
-        c = self.config
-        params = [*net.parameters(), *self.readouts.parameters()]
-        self.optimizers = [make_optimizer(c.optimizer, params, c.lr, c.weight_decay, c.momentum)]
+        self.optimizers = [self.make_optimizer([*self.net.parameters(), *self.readouts.parameters()])]
+
+    @classmethod
+    def search_space(cls, trial: Any, config: Any) -> dict[str, Any]:
+        # The weight variant's estimate grows with the parameter count, so its SGD steps are tiny (the
+        # orobix port: 2e-4 to 5e-4 at batch 1024; 3e-5 diverged here at batch 128); local_activity with
+        # SGD is Ren et al.'s scale (0.05-0.1). Adaptive optimizers: the usual range.
+        if config.optimizer != "sgd":
+            low, high = LR_RANGES[config.optimizer]
+        else:
+            low, high = (1e-6, 1e-3) if config.variant == "weight" else (1e-3, 0.3)
+        return {
+            "lr": trial.suggest_float("lr", low, high, log=True),
+            "weight_decay": trial.suggest_float("weight_decay", 1e-7, 1e-3, log=True),
+        }
+
+    def parameter_groups(self) -> ParameterGroups:
+        if self.config.variant == "weight":
+            return super().parameter_groups()
+        # local_activity: each hidden unit with its head (the network's own head for the last one).
+        return ParameterGroups(
+            {
+                f"unit{i + 1}": [*pre.parameters(), *head.parameters()]
+                for i, (pre, _, head) in enumerate(self.local_units)
+            }
+        )
 
     @property
     def locality(self) -> str:
@@ -220,9 +241,3 @@ class ForwardGradient(Algorithm):
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         return self.net(x)
-
-    def extra_state(self) -> dict[str, Any]:
-        return {"generator": self.generator.get_state()}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        self.generator.set_state(state["generator"])

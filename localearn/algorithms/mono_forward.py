@@ -33,9 +33,10 @@ from torch import nn
 from .base import (
     Algorithm,
     OptimizerConfig,
+    ParameterGroups,
     check_choice,
+    forward_detached,
     linear_readout,
-    make_optimizer,
     unit_output_shapes,
     units_of,
 )
@@ -71,17 +72,16 @@ class MonoForward(Algorithm):
         else:  # a single linear map: one local group that is its own readout
             self.groups = [(units[0], nn.Identity())]
         self.num_stages = len(self.groups) if self.config.schedule == "sequential" else 1
-        self.optimizers = self._optimizers_for_stage(0)
+        self.optimizers = self.optimizers_for_stage(0)
 
-    def _optimizers_for_stage(self, stage: int) -> list[torch.optim.Optimizer]:
-        c = self.config
-        active = [self.groups[stage]] if c.schedule == "sequential" else self.groups
-        return [
-            make_optimizer(
-                c.optimizer, [*unit.parameters(), *proj.parameters()], c.lr, c.weight_decay, c.momentum
-            )
-            for unit, proj in active
-        ]
+    def optimizers_for_stage(self, stage: int) -> list[torch.optim.Optimizer]:
+        active = [self.groups[stage]] if self.config.schedule == "sequential" else self.groups
+        return [self.make_optimizer([*unit.parameters(), *proj.parameters()]) for unit, proj in active]
+
+    def parameter_groups(self) -> ParameterGroups:
+        return ParameterGroups(
+            {f"unit{i + 1}": [*u.parameters(), *p.parameters()] for i, (u, p) in enumerate(self.groups)}
+        )
 
     @property
     def _trainable(self) -> range:
@@ -96,12 +96,11 @@ class MonoForward(Algorithm):
         with torch.no_grad():  # the frozen prefix of the sequential schedule
             for unit, _ in self.groups[: trainable.start]:
                 a = unit(a)
+        outputs = forward_detached([self.groups[i][0] for i in trainable], a)
         stats: dict[str, torch.Tensor] = {}
         total = 0.0
-        for i in trainable:
-            unit, proj = self.groups[i]
-            a = unit(a.detach())  # the unit boundary: no gradient flows to earlier units
-            loss = F.cross_entropy(proj(a), y)
+        for i, a in zip(trainable, outputs, strict=True):
+            loss = F.cross_entropy(self.groups[i][1](a), y)  # G_i = a_i M_i^T, unit i's own loss
             stats[f"loss_unit{i + 1}"] = loss.detach()
             total = total + loss
         # The losses live on disjoint graphs (detach above), so one backward gives every unit its own

@@ -16,13 +16,16 @@ import logging
 import sys
 import time
 from collections.abc import Iterator, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
-from ..trainer import Callback, Result, Trainer
+from ..callbacks import Callback
 from .codecarbon_meter import KWH, CodeCarbonMeter
 from .nvml import EnergyCounter, PowerSampler, nvml_handles
+
+if TYPE_CHECKING:
+    from ..trainer import Result, Trainer
 
 log = logging.getLogger(__name__)
 

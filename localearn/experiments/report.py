@@ -30,6 +30,7 @@ MISSING = "missing"
 FIGURES = [
     ("test accuracy", "test_accuracy", "{:.4f}"),
     ("epochs", "epochs", "{:.1f}"),
+    ("data passes", "data_passes", "{:.1f}"),  # epochs x the rule's passes per epoch: the honest budget
     ("seconds", "train_seconds", "{:.1f}"),
     ("joules", "energy_joules", "{:.0f}"),
     ("peak memory MiB", "peak_memory_mib", "{:.0f}"),
@@ -271,6 +272,16 @@ def _cumulative_joules(metrics: list[dict[str, Any]]) -> list[float] | None:
         total += m["energy_joules"]
         xs.append(total)
     return xs
+
+
+def main(runs_dir: str | Path, baseline: str = "backprop", report_dir: str | Path | None = None) -> int:
+    """The report command: ``python -m localearn.experiments report RUNS_DIR [--baseline NAME]``."""
+    runs_dir = Path(runs_dir)
+    if not runs_dir.is_dir():
+        raise ValueError(f"runs directory {runs_dir} does not exist")
+    out = write_report(runs_dir, baseline=baseline, out=report_dir)
+    print(f"report: {out / 'report.md'}, {out / 'report.html'}, {out / 'report.csv'}")
+    return 0
 
 
 def write_report(runs_dir: str | Path, baseline: str = "backprop", out: str | Path | None = None) -> Path:

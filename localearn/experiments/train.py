@@ -1,0 +1,120 @@
+"""The train command: one run of one RunSpec, from data loading to the printed result.
+
+    python -m localearn.experiments [train] DATASET --algo NAME [options]
+    python -m localearn.experiments train --spec FILE      a spec file, or a run's config.json
+
+The pieces (``load_splits``, ``build_algorithm``, ``trainer_options``) are shared with tune's trials, so a
+run and a trial build their data, network and stopping rule the same way.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..algorithms import Algorithm, make
+from ..data import DataSplit, load_dataset, resolve_device
+from ..energy import EnergyCallback, EnergyMeter
+from ..trainer import Result, Trainer
+from .spec import RunSpec
+
+log = logging.getLogger(__name__)
+
+
+def load_splits(spec: RunSpec, device: torch.device) -> tuple[DataSplit, DataSplit, DataSplit]:
+    """train, val, test as the spec asks (a single run, or every trial of a study)."""
+    return load_dataset(
+        spec.dataset,
+        data_dir=spec.data_dir,
+        device=device,
+        val_fraction=spec.val_fraction,
+        seed=spec.seed,
+        augment=spec.augment,
+        cache_dir=spec.cache_dir,
+    )
+
+
+def build_algorithm(spec: RunSpec, train: DataSplit, device: torch.device, **overrides: Any) -> Algorithm:
+    """The seeded network of the spec's model, built by the rule, and the rule on it."""
+    torch.manual_seed(spec.seed)
+    hyperparameters = {**spec.hyperparameters, **overrides}
+    return make(
+        spec.algorithm,
+        spec.model,
+        train.num_classes,
+        input_shape=train.input_shape,
+        device=device,
+        **hyperparameters,
+    )
+
+
+def trainer_options(spec: RunSpec) -> dict[str, Any]:
+    """The Trainer's loop and stopping rule: one place, so runs and trials share the rule."""
+    return {
+        "epochs": spec.epochs,
+        "batch_size": spec.batch_size,
+        "patience": spec.patience,
+        "min_delta": spec.min_delta,
+        "monitor": spec.monitor,
+        "seed": spec.seed,
+    }
+
+
+def next_free(run_dir: Path) -> Path:
+    """A used run directory gets a numbered suffix: a new run never writes into a finished one."""
+    if not run_dir.exists():
+        return run_dir
+    n = 2
+    while run_dir.with_name(f"{run_dir.name}-{n}").exists():
+        n += 1
+    return run_dir.with_name(f"{run_dir.name}-{n}")
+
+
+def run(spec: RunSpec) -> tuple[Result, Path]:
+    """Train the run ``spec`` describes; its directory is spec.out/spec.name (with --resume) or the next
+    free name beside it."""
+    device = resolve_device(spec.device)
+    train, val, test = load_splits(spec, device)
+    algo = build_algorithm(spec, train, device)
+    run_dir = spec.run_dir if spec.resume else next_free(spec.run_dir)
+    meter = EnergyMeter(device, country_iso_code=spec.country) if spec.energy else None
+    try:
+        trainer = Trainer(
+            algo,
+            train,
+            val,
+            test,
+            **trainer_options(spec),
+            run_dir=run_dir,
+            resume=spec.resume,
+            progress=spec.progress,
+            callbacks=[EnergyCallback(meter)] if meter else [],
+            run_info={
+                "dataset": spec.dataset_label,
+                "model": spec.model,
+                "spec": spec.computed(),
+                "invocation": spec.invocation(),
+            },
+        )
+        result = trainer.fit()
+    finally:
+        if meter:
+            meter.close()
+    return result, run_dir
+
+
+def main(spec: RunSpec) -> int:
+    result, run_dir = run(spec)
+    joules = result.extra.get("energy_joules")
+    passes = f" ({result.data_passes} data passes)" if result.data_passes != result.epochs else ""
+    print(
+        f"{result.algorithm} on {result.dataset} ({result.model}): test accuracy {result.test_accuracy:.4f}, "
+        f"best val accuracy {result.best_val_accuracy}, {result.epochs} epochs{passes}, "
+        f"{result.train_seconds:.1f} s"
+        + (f", {joules:.0f} J ({result.extra['energy_source']})" if joules is not None else "")
+        + f" on {result.device} -> {run_dir}"
+    )
+    return 0

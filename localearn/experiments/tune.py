@@ -1,0 +1,166 @@
+"""The tune command: an Optuna study over one algorithm's search space (the mechanics are in tuning.py).
+
+    python -m localearn.experiments tune DATASET --algo NAME --trials N [--workers K] [run options]
+
+The study is described by a TuneSpec (the RunSpec every trial starts from, the study's name and storage,
+what the user fixed). With ``--workers K`` this command writes one worker file per process and starts
+``python -m localearn.experiments.tune FILE`` for each: the worker reads its study, its run and its share
+of trials from the file, never from a rebuilt command line.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from ..data import resolve_device
+from ..energy import EnergyCallback, EnergyMeter
+from ..rundir import atomic_write_json
+from ..trainer import Trainer
+from .spec import RunSpec
+from .train import build_algorithm, load_splits, trainer_options
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class TuneSpec:
+    run: RunSpec  # what every trial runs, before the trial's own suggestions
+    study: str
+    storage: str  # an Optuna storage URL, or a journal file
+    trials: int  # finished trials the study should hold
+    workers: int
+    multi_objective: bool
+    fixed: dict[str, Any]  # hyperparameters the user set (--lr, --hp): held, and left out of the search
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**dataclasses.asdict(self), "run": self.run.to_dict()}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TuneSpec:
+        return cls(**{**d, "run": RunSpec.from_dict(d["run"])})
+
+    @property
+    def root(self) -> Path:
+        return Path(self.run.out) / "tuning"
+
+
+def resolve(
+    run: RunSpec, *, trials: int, workers: int, study: str | None, storage: str | None, multi_objective: bool
+) -> TuneSpec:
+    """The study's description; every trial's settings are checked here, before any work."""
+    if trials < 1 or workers < 1:
+        raise ValueError(f"--trials {trials} and --workers {workers} must be at least 1")
+    if multi_objective and not run.energy:
+        raise ValueError("--multi-objective minimises joules: it cannot run with --no-energy")
+    name = study or f"{run.dataset_label}-{run.algorithm}"
+    fixed = {k: v for k, v in run.hyperparameters.items() if run.sources.get(k) in ("flag", "hp")}
+    return TuneSpec(
+        run=run,
+        study=name,
+        storage=storage or str(Path(run.out) / "tuning" / f"{name}.journal"),
+        trials=trials,
+        workers=workers,
+        multi_objective=multi_objective,
+        fixed=fixed,
+    )
+
+
+def main(spec: TuneSpec, quiet: bool = False) -> int:
+    from .. import tuning  # optuna is imported only by the commands that use it
+
+    storage, journal = tuning.open_storage(spec.storage, spec.root, spec.study)
+    study = tuning.load_study(spec.study, storage, spec.multi_objective)
+    tuning.record_fixed(study, spec.fixed)
+    if journal:  # trials a killed worker left running can never finish
+        tuning.fail_stale_trials(study)
+    remaining = spec.trials - tuning.finished_trials(study)
+    if remaining > 0 and spec.workers == 1:
+        work(spec, study, remaining)
+    elif remaining > 0:
+        shares = [remaining // spec.workers + (i < remaining % spec.workers) for i in range(spec.workers)]
+        workers = []
+        for i, n in enumerate(shares):  # worker i: n trials, and a sampler stream of its own
+            if n > 0:
+                path = spec.root / "workers" / f"{spec.study}-{i + 1}.json"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                atomic_write_json(path, {"tune": spec.to_dict(), "index": i + 1, "trials": n, "quiet": quiet})
+                workers.append(
+                    subprocess.Popen([sys.executable, "-m", "localearn.experiments.tune", str(path)])
+                )
+        codes = [w.wait() for w in workers]
+        if any(codes):
+            raise RuntimeError(f"tune: workers exited with {codes}; run the same command again to continue")
+    # The best parameters over what the presets and the user set (not the rule's defaults), for --params.
+    base = {k: v for k, v in spec.run.hyperparameters.items() if spec.run.sources.get(k) != "default"}
+    best_path = spec.root / f"{spec.study}.best.json"
+    best = tuning.write_best(study, best_path, base)
+    print(
+        f"tune {spec.study}: {tuning.finished_trials(study)} finished trials; best -> {best_path}: "
+        f"{json.dumps(best.get('params', best.get('pareto_front')))}"
+    )
+    return 0
+
+
+def work(spec: TuneSpec, study: Any, n_trials: int) -> None:
+    """Run ``n_trials`` trials of the study in this process."""
+    from .. import tuning
+    from ..algorithms import get_algorithm
+
+    run = spec.run
+    device = resolve_device(run.device)
+    train, val, _ = load_splits(run, device)  # the test split never enters a trial
+    meter = EnergyMeter(device, country_iso_code=run.country) if run.energy else None
+    cls = get_algorithm(run.algorithm)
+    config = cls.Config(**run.hyperparameters)
+
+    def build_trainer(params: dict[str, Any], callbacks: list[Any]) -> Trainer:
+        return Trainer(
+            build_algorithm(run, train, device, **params),
+            train,
+            val,
+            val,  # the Trainer scores a "test" split at the end: here the validation set again
+            **trainer_options(run),
+            progress=False,
+            callbacks=([EnergyCallback(meter)] if meter else []) + callbacks,
+        )
+
+    try:
+        tuning.run_trials(
+            study,
+            build_trainer,
+            lambda trial: cls.search_space(trial, config),
+            n_trials,
+            spec.multi_objective,
+            fixed=spec.fixed,
+        )
+    finally:
+        if meter:
+            meter.close()
+
+
+def worker_main(path: str | os.PathLike) -> int:
+    """A worker started by ``main``: its study, run and share of trials come from the file at ``path``."""
+    from .. import tuning
+
+    job = json.loads(Path(path).read_text())
+    logging.basicConfig(
+        level=logging.WARNING if job["quiet"] else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    spec = TuneSpec.from_dict(job["tune"])
+    storage, _ = tuning.open_storage(spec.storage, spec.root, spec.study)
+    study = tuning.load_study(spec.study, storage, spec.multi_objective, worker=job["index"])
+    work(spec, study, job["trials"])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(worker_main(sys.argv[1]))

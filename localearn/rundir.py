@@ -1,0 +1,145 @@
+"""The run directory: every file a run writes, and the one atomic-write helper the library uses.
+
+    RUN/config.json     everything needed to rerun the run (written once, checked again on resume)
+    RUN/metrics.jsonl   one line per epoch (MetricsLogger appends)
+    RUN/checkpoint.pt   the Trainer's whole state after the latest epoch (Checkpointer writes, resume reads)
+    RUN/result.json     the final figures
+
+The Trainer never touches a file itself: it hands a RunDirectory its config, its checkpoints and its result.
+Every file is written through ``atomic_write``: a temporary name in the same directory, fsync, rename. A
+kill -9 at any moment leaves either the old file or the new one, never half of one.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+from typing import IO, Any
+
+import torch
+
+log = logging.getLogger(__name__)
+
+CONFIG, METRICS, CHECKPOINT, RESULT = "config.json", "metrics.jsonl", "checkpoint.pt", "result.json"
+# Parts of config.json that may differ when a run is resumed: where it ran from, not what it computes.
+NOT_COMPARED_ON_RESUME = ("versions", "invocation")
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> None:
+    """Call ``write(f)`` on a temporary file beside ``path``, then rename it over ``path``."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            write(f)
+            f.flush()
+            os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes files private; a written file keeps the usual mode
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write(path, lambda f: f.write(text.encode()))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def environment_info() -> dict[str, str]:
+    """Versions and platform, for config.json: what a rerun would need to match."""
+    from . import __version__
+
+    return {
+        "localearn": __version__,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cuda": torch.version.cuda or "none",
+    }
+
+
+class RunDirectory:
+    """One run's directory. ``open(config)`` starts it or, with ``resume``, picks up where it stopped.
+
+    Args:
+        path: the directory; created when the run starts (never before the inputs are checked).
+        resume: continue the run in ``path`` from its checkpoint; a finished run gives back its result.
+    """
+
+    def __init__(self, path: str | os.PathLike, resume: bool = False) -> None:
+        self.path = Path(path)
+        self.resume = resume
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    def open(self, config: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
+        """Prepare the directory for ``config``: (saved result, None) for a finished run, (None, checkpoint
+        state) for an interrupted one, (None, None) for a new one (config.json written)."""
+        if self.resume and self.file(CONFIG).exists():
+            saved = json.loads(self.file(CONFIG).read_text())
+            differ = sorted(
+                k
+                for k in set(saved) | set(config)
+                if k not in NOT_COMPARED_ON_RESUME and _canonical(saved.get(k)) != _canonical(config.get(k))
+            )
+            if differ:
+                raise ValueError(f"cannot resume {self.path}: its config differs in {', '.join(differ)}")
+            if self.file(RESULT).exists():
+                log.info("%s already finished; returning its result", self.path)
+                return json.loads(self.file(RESULT).read_text()), None
+            state = self.load_checkpoint()
+            if state is not None:
+                return None, state
+        elif not self.resume and self.path.exists() and any(self.path.iterdir()):
+            raise FileExistsError(f"run directory {self.path} is not empty; pass resume=True to continue it")
+        self.path.mkdir(parents=True, exist_ok=True)
+        self.file(METRICS).unlink(missing_ok=True)
+        atomic_write_json(self.file(CONFIG), config)
+        return None, None
+
+    # -- the checkpoint: written and read back here only ---------------------------------------------
+    def save_checkpoint(self, state: dict[str, Any]) -> None:
+        atomic_write(self.file(CHECKPOINT), lambda f: torch.save(state, f))
+
+    def load_checkpoint(self) -> dict[str, Any] | None:
+        """The latest checkpoint, or None; metrics.jsonl lines after its epoch are dropped (a kill between
+        the two writes), so that no epoch is logged twice."""
+        if not self.file(CHECKPOINT).exists():
+            return None
+        # Onto the CPU: RNG states must stay CPU tensors; the Trainer moves the rest where it belongs.
+        state = torch.load(self.file(CHECKPOINT), map_location="cpu", weights_only=False)
+        self.truncate_metrics(state["loop"]["epoch"])
+        log.info("resuming %s after epoch %d", self.path, state["loop"]["epoch"])
+        return state
+
+    # -- metrics and result -----------------------------------------------------------------------------
+    def append_metrics(self, record: dict[str, Any]) -> None:
+        with open(self.file(METRICS), "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def truncate_metrics(self, last_epoch: int) -> None:
+        path = self.file(METRICS)
+        if not path.exists():
+            return
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+        kept = [ln for ln in lines if json.loads(ln)["epoch"] <= last_epoch]
+        atomic_write_text(path, "".join(ln + "\n" for ln in kept))
+
+    def write_result(self, result: dict[str, Any]) -> None:
+        atomic_write_json(self.file(RESULT), result)
+
+
+def _canonical(value: Any) -> str:
+    return json.dumps(value, sort_keys=True, default=str)
