@@ -17,7 +17,8 @@ import torch
 import localearn as ll
 from localearn.energy import EnergyCallback, EnergyMeter, peak_memory
 from localearn.energy.nvml import EnergyCounter, PowerSampler, nvml_handles
-from localearn.experiments.presets import preset_for
+from localearn.experiments.spec import resolve
+from localearn.experiments.train import build_algorithm
 
 
 class BothGpuSources(ll.Callback):
@@ -58,10 +59,8 @@ def main() -> None:
     )
     train, val, test = ll.load_dataset("mnist", device=device)
     for name in ("mono_forward", "backprop"):
-        settings, hparams = preset_for("mnist", name)
-        torch.manual_seed(0)
-        net = ll.models.from_spec(settings["model"], train.input_shape, 10).to(device)
-        algo = ll.make(name, net, 10, input_shape=train.input_shape, **hparams)
+        spec = resolve("mnist", name, device=str(device))  # the preset's network and settings
+        algo = build_algorithm(spec, train, device)
         both = BothGpuSources(EnergyCounter(nvml, handles), PowerSampler(nvml, handles, args.interval))
         meter = EnergyMeter(device)
         result = ll.Trainer(
@@ -70,7 +69,7 @@ def main() -> None:
             val,
             test,
             epochs=args.epochs,
-            batch_size=settings["batch_size"],
+            batch_size=spec.batch_size,
             patience=None,
             callbacks=[both, EnergyCallback(meter)],
             progress=False,

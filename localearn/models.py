@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from torch import nn
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU}
+CNN_CHANNELS = (64, 128, 256)  # cnn's default, here and for the spec "cnn"
 
 
 def _activation(name: str) -> nn.Module:
@@ -53,7 +54,7 @@ def mlp(
 def cnn(
     in_channels: int,
     num_classes: int,
-    channels: Sequence[int] = (64, 128, 256),
+    channels: Sequence[int] = CNN_CHANNELS,
     image_size: int = 32,
     activation: str = "relu",
 ) -> nn.Sequential:
@@ -112,7 +113,7 @@ MODEL_KINDS: dict[str, ModelKind] = {
     "mlp": ModelKind(
         _mlp_from_spec, (1000, 1000), (*ACTIVATIONS, "nobias"), "hidden sizes, e.g. mlp:1000,1000"
     ),
-    "cnn": ModelKind(_cnn_from_spec, (64, 128, 256), tuple(ACTIVATIONS), "channels, e.g. cnn:64,128,256"),
+    "cnn": ModelKind(_cnn_from_spec, CNN_CHANNELS, tuple(ACTIVATIONS), "channels, e.g. cnn:64,128,256"),
 }
 
 

@@ -120,11 +120,9 @@ class Trainer:
                 f"monitor={monitor!r} is not valid for {algo.name}; choose one of: {', '.join(valid)}"
                 + (f" ({algo.monitor_note})" if algo.monitor_note else "")
             )
-        for name, value in (
-            ("epochs", epochs),
-            ("batch_size", batch_size),
-            ("eval_batch_size", eval_batch_size),
-        ):
+        for name, value in dict(
+            epochs=epochs, batch_size=batch_size, eval_batch_size=eval_batch_size
+        ).items():
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name}={value!r} must be a positive integer")
         if patience is not None and patience < 1:
@@ -149,17 +147,12 @@ class Trainer:
 
         # Loop state: everything here goes into the checkpoint.
         self.generator = torch.Generator().manual_seed(seed)
-        self.epoch = 0  # epochs run, all stages
-        self.stage_epoch = 0
-        self.data_passes = 0
+        self.epoch = self.stage_epoch = self.data_passes = 0  # epochs (all stages; this stage), data passes
         self.best_metric: float | None = None
-        self.best_epoch = 0
+        self.best_epoch = self.bad_epochs = 0
         self.best_val_accuracy: float | None = None
-        self.bad_epochs = 0
         self.best_state: dict[str, Any] | None = None
-        self.train_seconds = 0.0
-        self.finished = False
-        self.stop_reason = ""
+        self.train_seconds, self.finished, self.stop_reason = 0.0, False, ""
 
     # -- configuration -------------------------------------------------------------------------------
     def stopping_rule(self) -> dict[str, Any]:
@@ -280,14 +273,9 @@ class Trainer:
         if self.run_dir is not None:
             self.run_dir.write_result(result.to_dict())
         log.info(
-            "%s on %s: test accuracy %.4f after %d epochs (%d data passes), %.1f s",
-            result.algorithm,
-            result.dataset,
-            test_accuracy,
-            self.epoch,
-            self.data_passes,
-            self.train_seconds,
-        )
+            "%s on %s: test accuracy %.4f, %d epochs, %d data passes, %.1f s", result.algorithm,
+            result.dataset, test_accuracy, self.epoch, self.data_passes, self.train_seconds,
+        )  # fmt: skip
         return result
 
     def _run_epoch(self) -> None:

@@ -1,6 +1,9 @@
 """The Trainer: one stopping rule, best-state restore, run directory, resume, clear errors."""
 
 import json
+import math
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -203,3 +206,184 @@ def test_progress_bar_shows_epoch_loss_and_val_accuracy(blobs, capsys):
     ll.Trainer(algo, train, val, test, epochs=2, batch_size=32, progress=True).fit()
     err = capsys.readouterr().err
     assert "epoch 2" in err and "loss=" in err and "val_acc=" in err
+
+
+def blocks_rule(**hp):
+    """The test rule with its own blocks (tests/noisy_label_blocks.py): three blocks, one per data pass."""
+    torch.manual_seed(0)
+    return make("noisy_label_blocks", "mlp:16", 4, input_shape=(20,), **hp)
+
+
+class Record(ll.Callback):
+    """Something of the algorithm's after every step."""
+
+    def __init__(self, read):
+        self.read, self.seen = read, []
+
+    def on_batch_end(self, trainer, stats):
+        self.seen.append(self.read(trainer.algo))
+
+
+def test_an_epoch_is_as_many_data_passes_as_the_rule_says(blobs, tmp_path):
+    """A rule that trains one block per pass declares 3 passes per epoch: the Trainer runs them, enters
+    each before its batches, and counts data passes in every record, the config and the result."""
+    train, val, test = blobs
+    passes = Record(lambda algo: algo.data_pass)
+    trainer = ll.Trainer(
+        blocks_rule(),
+        train,
+        val,
+        test,
+        epochs=2,
+        run_dir=tmp_path / "run",
+        callbacks=[passes],
+        progress=False,
+    )
+    result = trainer.fit()
+    assert passes.seen == ([0] * 4 + [1] * 4 + [2] * 4) * 2  # 512 examples, batches of 128
+    assert (result.epochs, result.data_passes) == (2, 6)
+    lines = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["data_passes"] for r in lines] == [3, 6]
+    # Each block's loss is averaged over its own pass, not diluted by the other two.
+    assert all(r["train_loss_block1"] > 0.1 for r in lines)
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["trainer"]["passes_per_epoch"] == 3
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["data_passes"] == 6
+
+
+def test_evaluation_is_a_function_of_the_weights(blobs):
+    """Prediction that draws noise uses the evaluation generator, reseeded at every evaluation: two
+    evaluations of the same state agree; without the reseed, two predictions would not."""
+    train, val, test = blobs
+    algo = blocks_rule()
+    trainer = ll.Trainer(algo, train, val, test, epochs=1, batch_size=64, progress=False)
+    trainer.fit()
+    assert trainer.evaluate(val) == trainer.evaluate(val)
+    first = algo.predict(val.x)
+    assert not torch.equal(first, algo.predict(val.x))  # the chain's noise really is drawn
+    algo.begin_evaluation()
+    again = algo.predict(val.x)
+    algo.begin_evaluation()
+    assert torch.equal(again, algo.predict(val.x))
+
+
+@pytest.mark.parametrize(
+    "schedule, extra, expected",
+    [
+        ("constant", {}, [1.0, 1.0, 1.0, 1.0]),
+        ("cosine", {"lr_floor": 0.1}, [1.0, 0.1 + 0.9 * 0.5 * (1 + 2**-0.5), 0.55, 0.1]),
+        ("linear_cooldown", {"cooldown_start": 0.5}, [1.0, 1.0, 1.0, 0.0]),
+    ],
+)
+def test_learning_rate_schedules(schedule, extra, expected):
+    """The rule's optimizers follow the Config's schedule over the budget (progress 0, 1/4, 1/2, 1)."""
+    torch.manual_seed(0)
+    algo = make("mono_forward", ll.models.mlp(4, [4, 4], 2), 2, lr=0.2, lr_schedule=schedule, **extra)
+    seen = []
+    for fraction in (0.0, 0.25, 0.5, 1.0):
+        algo.set_progress(fraction)
+        seen.append([g["lr"] / 0.2 for opt in algo.optimizers for g in opt.param_groups])
+    for lrs, factor in zip(seen, expected, strict=True):
+        assert lrs == pytest.approx([factor] * len(lrs))
+    # linear_cooldown at 3/4 of the budget is halfway down.
+    if schedule == "linear_cooldown":
+        algo.set_progress(0.75)
+        assert algo.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.1)
+
+
+def test_the_trainer_drives_the_schedule_and_resume_keeps_it(blobs, tmp_path):
+    """Per step over the epoch cap; a run resumed from its checkpoint continues the same schedule."""
+    train, val, test = blobs
+
+    def fit(run_dir, resume=False, stop_after=None):
+        torch.manual_seed(0)
+        algo = make("backprop", ll.models.mlp(20, [8], 4), 4, lr=0.1, lr_schedule="cosine")
+        lrs = Record(lambda algo: algo.optimizers[0].param_groups[0]["lr"])
+
+        class Interrupt(ll.Callback):
+            def on_epoch_start(self, trainer):
+                if trainer.epoch == stop_after:
+                    raise KeyboardInterrupt
+
+        trainer = ll.Trainer(
+            algo, train, val, test, epochs=3, patience=None, run_dir=run_dir, resume=resume,
+            callbacks=[lrs, Interrupt()], progress=False,
+        )  # fmt: skip
+        try:
+            trainer.fit()
+        except KeyboardInterrupt:
+            pass
+        return lrs.seen
+
+    steps = 3 * 4  # 512 examples / 128, three epochs
+    whole = fit(tmp_path / "a")
+    assert whole == pytest.approx([0.1 * 0.5 * (1 + math.cos(math.pi * i / steps)) for i in range(steps)])
+    first = fit(tmp_path / "b", stop_after=2)
+    assert first == whole[:4]
+    assert fit(tmp_path / "b", resume=True) == pytest.approx(whole[4:])
+
+
+def test_the_trainer_reads_no_command_line(blobs, tmp_path, monkeypatch):
+    """config.json says how the run was asked for only through run_info (the command line's spec)."""
+    monkeypatch.setattr(sys, "argv", ["not-a-localearn-command", "--secret"])
+    train, val, test = blobs
+    algo = make("backprop", ll.models.mlp(20, [8], 4), 4)
+    trainer = ll.Trainer(algo, train, val, test, epochs=1, run_dir=tmp_path / "run", progress=False)
+    trainer.run_info["spec"] = {"seed": 0}
+    trainer.fit()
+    text = (tmp_path / "run" / "config.json").read_text()
+    assert "--secret" not in text and json.loads(text)["spec"] == {"seed": 0}
+
+
+def test_a_run_directory_object_writes_and_reads_its_checkpoint(blobs, tmp_path):
+    """One object writes checkpoint.pt and reads it back; every file is written whole or not at all."""
+    train, val, test = blobs
+    run = ll.RunDirectory(tmp_path / "run")
+    algo = make("backprop", ll.models.mlp(20, [8], 4), 4)
+    result = ll.Trainer(algo, train, val, test, epochs=2, run_dir=run, progress=False).fit()
+    state = run.load_checkpoint()
+    assert state["loop"]["epoch"] == 2 and state["loop"]["finished"]
+    assert not [p for p in run.path.iterdir() if p.name.endswith(".tmp")]  # no temporary left behind
+    # Resuming the finished run returns its saved result without training.
+    again = ll.Trainer(
+        make("backprop", ll.models.mlp(20, [8], 4), 4),
+        train,
+        val,
+        test,
+        epochs=2,
+        run_dir=ll.RunDirectory(run.path, resume=True),
+        progress=False,
+    ).fit()
+    assert again.to_dict() == result.to_dict()
+
+
+def test_an_interrupted_atomic_write_leaves_the_old_file(tmp_path):
+    from localearn.rundir import atomic_write, atomic_write_text
+
+    path = tmp_path / "file.json"
+    atomic_write_text(path, "old")
+
+    def fail_halfway(f):
+        f.write(b"new, half")
+        raise RuntimeError("killed")
+
+    with pytest.raises(RuntimeError):
+        atomic_write(path, fail_halfway)
+    assert path.read_text() == "old" and [p.name for p in tmp_path.iterdir()] == ["file.json"]
+
+
+def test_callbacks_do_not_import_the_trainer_at_run_time():
+    """No import cycle: callbacks.py names the Trainer in annotations only."""
+    import ast
+
+    import localearn.callbacks as callbacks
+
+    tree = ast.parse(Path(callbacks.__file__).read_text())
+    guarded = {
+        id(node)
+        for block in ast.walk(tree)
+        if isinstance(block, ast.If) and getattr(block.test, "id", "") == "TYPE_CHECKING"
+        for node in ast.walk(block)
+    }
+    runtime = [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and id(n) not in guarded]
+    assert not [n.module for n in runtime if n.module and "trainer" in n.module]
