@@ -194,8 +194,8 @@ def test_compare_runs_every_algorithm_with_distinct_seeds_then_reports(image_tre
         (["--algos", "backprop,nope"], "unknown algorithm 'nope'"),
         (["--algos", "backprop", "--seed", "3"], "--seed is set by compare"),
         # Every spelling of an option compare sets itself is refused, not passed on to every run.
-        (["--algos", "a,b", "--seeds", "2", "--seed=5"], "--seed is set by compare"),
-        (["--algos", "a,b", "--seeds", "2", "--se", "5"], "--seed is set by compare"),
+        (["--algos", "backprop,mono_forward", "--seeds", "2", "--seed=5"], "--seed is set by compare"),
+        (["--algos", "backprop,mono_forward", "--seeds", "2", "--se", "5"], "--seed is set by compare"),
         (["--algos", "backprop", "--resume"], "--resume is set by compare"),
         (["--algos", "backprop", "--seeds", "0"], "at least one seed"),
     ],

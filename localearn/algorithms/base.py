@@ -224,12 +224,9 @@ class Algorithm:
             raise HyperparameterError(f"num_classes={num_classes} must be >= 2")
         self.config = self.Config(**hparams)
         # The device is recorded, not guessed later: given, else the network's, else the CPU.
-        first = next(net.parameters(), None)
-        self.device = (
-            torch.device(device)
-            if device is not None
-            else (first.device if first is not None else torch.device("cpu"))
-        )
+        if device is None:
+            device = next((p.device for p in net.parameters()), "cpu")
+        self.device = torch.device(device)
         self.net = net.to(self.device)
         self.num_classes = num_classes
         self.input_shape = tuple(input_shape) if input_shape is not None else infer_input_shape(net)

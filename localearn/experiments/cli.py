@@ -147,6 +147,7 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     sub = top.add_subparsers(dest="command", metavar="{train,compare,tune,report}")
+    top.commands = sub.choices  # name -> the command's parser
     p = sub.add_parser(
         "train",
         help="one run (the default command)",
@@ -231,11 +232,16 @@ def parse(argv: list[str]) -> argparse.Namespace:
             hit = next((o for o in refused if o.startswith(name) and len(name) > 2), None)
             if hit is not None:
                 why = refused[hit]
-                said = hit if name == hit else f"{token} (options are never abbreviated; this reads as {hit})"
+                said = (
+                    ""
+                    if name == hit
+                    else f"{token}: options are never abbreviated, and this reads as {hit}; "
+                )
                 if why:
-                    raise UsageError(f"{said}: {hit} is set by {args.command} itself; {why}")
-                raise UsageError(f"{said}: {hit} is not an option of {args.command}")
-        parser.parse_args(argv)  # anything else: argparse's own message and exit status 2
+                    raise UsageError(f"{said}{hit} is set by {args.command} itself; {why}")
+                raise UsageError(f"{said}{hit} is not an option of {args.command}")
+        # Anything else: argparse's own message, with the command's usage, and exit status 2.
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(extras)}")
     return args
 
 
