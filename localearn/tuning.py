@@ -7,13 +7,16 @@
 - One pruner for every algorithm (a median pruner fed each epoch's validation accuracy by a Trainer
   callback), so no rule is tuned with a different budget (research notes, anchors_ff_mf.md 4d: the study
   that pruned only backprop).
-- The sampler's seed is derived from the study name (plus the worker's index), so studies of different
-  rules or datasets, and the workers of one study, never share one stream of suggestions (the same notes:
-  byte-identical "tuned" values across studies).
+- The sampler's seed is derived from the study name, the worker's index and how many trials the study
+  already holds, so studies of different rules or datasets, the workers of one study, and each
+  continuation of a study (a larger --trials, a rerun after kill -9) draw streams of their own: none
+  replays the suggestions of an earlier command (the same notes: byte-identical "tuned" values across
+  studies). Every trial records the host and process that ran it.
 - Storage: a journal file under the run root by default (embedded, no server), or any Optuna storage URL
   (PostgreSQL for a study shared by several machines). The same command continues the study. Trials that
   a killed worker left RUNNING are marked FAIL: on a journal file when the next command starts (this
-  machine owns it), on a database through Optuna's heartbeats (other machines' trials may be running).
+  machine owns it; a trial whose process is still alive is waited for, never failed under it), on a
+  database through Optuna's heartbeats (other machines' trials may be running).
 - Multi-objective (validation accuracy up, joules down): NSGA-II and no pruning, since Optuna's pruners
   judge one objective only.
 """
@@ -24,11 +27,15 @@ import hashlib
 import json
 import logging
 import math
+import os
+import socket
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import optuna
+import psutil
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
@@ -42,9 +49,11 @@ log = logging.getLogger(__name__)
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
 
 
-def sampler_seed(study_name: str) -> int:
-    """A seed that depends on the study name only: distinct studies, distinct streams of suggestions."""
-    return int.from_bytes(hashlib.sha256(study_name.encode()).digest()[:4], "big")
+def sampler_seed(study_name: str, worker: int = 0, progress: int = 0) -> int:
+    """A seed from the study's name, the worker's index and how many trials the study holds: distinct
+    studies, workers and continuations, distinct streams of suggestions; the same command, the same one."""
+    key = study_name if (worker, progress) == (0, 0) else f"{study_name}/{worker}/{progress}"
+    return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big")
 
 
 def open_storage(storage: str | None, root: Path, study_name: str) -> tuple[Any, bool]:
@@ -59,35 +68,63 @@ def open_storage(storage: str | None, root: Path, study_name: str) -> tuple[Any,
 
 
 def load_study(study_name: str, storage: Any, multi_objective: bool = False, worker: int = 0) -> optuna.Study:
-    """Create or open the study. Each worker process gets its own sampler stream (name-derived seed plus
-    its index): with one shared seed, parallel workers would suggest the very same parameters."""
-    seed = sampler_seed(study_name) + worker
+    """Create or open the study, with a sampler seeded for this worker and this point of the study.
+
+    A sampler seeded from the name alone would replay its first suggestions whenever a study is continued
+    (its random start-up trials come from the seed, not from the stored trials), and parallel workers with
+    one seed would suggest the very same parameters."""
     if multi_objective:
-        sampler: optuna.samplers.BaseSampler = optuna.samplers.NSGAIISampler(seed=seed)
         pruner: optuna.pruners.BasePruner = optuna.pruners.NopPruner()
         directions = ["maximize", "minimize"]
     else:
-        sampler = optuna.samplers.TPESampler(seed=seed)
         pruner = optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=1)
         directions = ["maximize"]
-    return optuna.create_study(
-        study_name=study_name,
-        storage=storage,
-        sampler=sampler,
-        pruner=pruner,
-        directions=directions,
-        load_if_exists=True,
+    study = optuna.create_study(
+        study_name=study_name, storage=storage, pruner=pruner, directions=directions, load_if_exists=True
     )
+    seed = sampler_seed(study_name, worker, len(study.get_trials(deepcopy=False)))
+    study.sampler = (
+        optuna.samplers.NSGAIISampler(seed=seed) if multi_objective else optuna.samplers.TPESampler(seed=seed)
+    )
+    return study
 
 
-def fail_stale_trials(study: optuna.Study) -> list[int]:
-    """Mark RUNNING trials FAIL: on a journal file this command owns, they belong to a killed worker."""
-    stale = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
-    for t in stale:
-        study.tell(t.number, state=TrialState.FAIL)
+def fail_stale_trials(study: optuna.Study, wait: float = 30.0) -> list[int]:
+    """Mark RUNNING trials FAIL: on a journal file this command owns, they belong to a killed worker. A
+    trial whose process is still alive on this host is waited for (``wait`` seconds), never failed under
+    it; if it outlives the wait, this refuses to go on, naming the process."""
+    deadline = time.monotonic() + wait
+    while True:
+        running = [t for t in study.get_trials(deepcopy=False) if t.state == TrialState.RUNNING]
+        alive = [t for t in running if _alive_here(t)]
+        if not alive:
+            break
+        if time.monotonic() > deadline:
+            pids = ", ".join(f"trial {t.number}: process {t.user_attrs['pid']}" for t in alive)
+            raise RuntimeError(
+                f"trials of study {study.study_name} are still running here ({pids}); "
+                "stop those processes or wait for them, then run the command again"
+            )
+        time.sleep(0.5)
+    stale = [t.number for t in running]
+    for number in stale:
+        study.tell(number, state=TrialState.FAIL)
     if stale:
-        log.warning("marked %d trial(s) left running by a killed worker as failed: %s", len(stale), stale)
-    return [t.number for t in stale]
+        log.warning("marked trial(s) %s, left running by a killed worker, as failed", stale)
+    return stale
+
+
+def _alive_here(trial: optuna.trial.FrozenTrial) -> bool:
+    """Whether the process that runs the trial (its user attributes say which) is alive on this host: a
+    process of that number that started after the trial did is another one."""
+    attrs = trial.user_attrs
+    if attrs.get("host") != socket.gethostname() or "pid" not in attrs:
+        return False
+    try:
+        started = psutil.Process(attrs["pid"]).create_time()
+    except psutil.NoSuchProcess:
+        return False
+    return trial.datetime_start is None or started <= trial.datetime_start.timestamp() + 1
 
 
 def finished_trials(study: optuna.Study) -> int:
@@ -167,6 +204,8 @@ def run_trials(
     (``fixed`` ones are held), ``build_trainer(params, callbacks)`` makes its Trainer."""
 
     def objective(trial: optuna.Trial) -> float | tuple[float, float]:
+        trial.set_user_attr("host", socket.gethostname())
+        trial.set_user_attr("pid", os.getpid())
         params = search_space(HoldFixed(trial, fixed or {}))
         trainer = build_trainer(params, [TrialCallback(trial, prune=not multi_objective)])
         result = trainer.fit()

@@ -1,9 +1,12 @@
 """Tuning: one command for every algorithm, a study that survives a killed worker, workers that share it."""
 
+import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
+import time
 
 import optuna
 import pytest
@@ -134,6 +137,70 @@ def test_a_killed_worker_loses_only_its_running_trial(image_tree, tmp_path):
     assert trials[2].state == FAIL
     assert {t.number: (t.value, t.params) for t in trials[:2]} == finished  # kept, not rerun
     assert sum(t.state != FAIL for t in trials) == 4 and len(trials) == 5
+
+
+KILL_IN_SECOND_FIT = (
+    "import os, signal, sys\n"
+    "from localearn.experiments.__main__ import main\n"
+    "from localearn.trainer import Trainer\n"
+    "fit, calls = Trainer.fit, [0]\n"
+    "def fit_or_die(self):\n"
+    "    calls[0] += 1\n"
+    "    if calls[0] == 2:\n"
+    "        os.kill(os.getpid(), signal.SIGKILL)\n"
+    "    return fit(self)\n"
+    "Trainer.fit = fit_or_die\n"
+    "sys.exit(main(sys.argv[1:]))\n"
+)
+
+
+def test_a_continued_study_never_repeats_a_finished_trial(image_tree, tmp_path):
+    """Extended twice (once by two workers), killed with kill -9 and resumed: every finished trial has
+    parameters of its own. A sampler seeded from the name alone replays its first suggestions."""
+    assert main(tune_args(image_tree, tmp_path, trials=2, epochs=1)) == 0
+    assert main(tune_args(image_tree, tmp_path, trials=4, epochs=1)) == 0
+    assert main(tune_args(image_tree, tmp_path, trials=6, epochs=1, extra=["--workers", "2"])) == 0
+    killed = subprocess.run(
+        [sys.executable, "-c", KILL_IN_SECOND_FIT, *tune_args(image_tree, tmp_path, trials=8, epochs=1)]
+    )
+    assert killed.returncode == -signal.SIGKILL
+    assert main(tune_args(image_tree, tmp_path, trials=8, epochs=1)) == 0
+    finished = [t for t in trials_of(tmp_path) if t.state.is_finished() and t.state != FAIL]
+    assert len(finished) == 8
+    assert len({json.dumps(t.params, sort_keys=True) for t in finished}) == 8
+    assert all(t.user_attrs["pid"] > 0 and t.user_attrs["host"] for t in finished)  # who ran each trial
+
+
+def test_workers_die_with_a_killed_tune_command(image_tree, tmp_path):
+    """kill -9 on `tune --workers 2`: its workers die too (a rerun must not fail trials under live
+    workers), and the rerun finishes the study."""
+    psutil = pytest.importorskip("psutil")
+    # Long trials (no early stopping), so that a worker that survives its parent is still running when
+    # looked for; the rerun may use a shorter cap (the cap is no hyperparameter of the study).
+    args = tune_args(image_tree, tmp_path, trials=3, epochs=2000, extra=["--workers", "2", "--patience", "0"])
+    parent = subprocess.Popen([sys.executable, "-m", "localearn.experiments", *args])
+    workers = []
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            time.sleep(0.2)
+            workers = psutil.Process(parent.pid).children()
+            if len(workers) == 2 and (tmp_path / "tuning" / "tiny-backprop.journal").exists():
+                if sum(t.state == RUNNING for t in trials_of(tmp_path)) == 2:
+                    break
+        else:
+            pytest.fail("the workers never started their trials")
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        _, alive = psutil.wait_procs(workers, timeout=5)
+        assert not alive, f"workers outlived their parent: {alive}"
+    finally:
+        for w in workers:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                w.kill()
+    assert main(tune_args(image_tree, tmp_path, trials=3, epochs=1, extra=["--workers", "2"])) == 0
+    states = [t.state for t in trials_of(tmp_path)]
+    assert states.count(FAIL) == 2 and sum(s != FAIL for s in states) == 3
 
 
 def test_two_workers_share_one_study(image_tree, tmp_path):

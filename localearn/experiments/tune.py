@@ -10,12 +10,16 @@ of trials from the file, never from a rebuilt command line.
 
 from __future__ import annotations
 
+import ctypes
 import dataclasses
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -86,15 +90,21 @@ def main(spec: TuneSpec, quiet: bool = False) -> int:
     elif remaining > 0:
         shares = [remaining // spec.workers + (i < remaining % spec.workers) for i in range(spec.workers)]
         workers = []
-        for i, n in enumerate(shares):  # worker i: n trials, and a sampler stream of its own
-            if n > 0:
-                path = spec.root / "workers" / f"{spec.study}-{i + 1}.json"
-                path.parent.mkdir(parents=True, exist_ok=True)
-                atomic_write_json(path, {"tune": spec.to_dict(), "index": i + 1, "trials": n, "quiet": quiet})
-                workers.append(
-                    subprocess.Popen([sys.executable, "-m", "localearn.experiments.tune", str(path)])
-                )
-        codes = [w.wait() for w in workers]
+        try:
+            for i, n in enumerate(shares):  # worker i: n trials, and a sampler stream of its own
+                if n > 0:
+                    path = spec.root / "workers" / f"{spec.study}-{i + 1}.json"
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    job = {"tune": spec.to_dict(), "index": i + 1, "trials": n, "quiet": quiet}
+                    atomic_write_json(path, {**job, "parent": os.getpid()})
+                    command = [sys.executable, "-m", "localearn.experiments.tune", str(path)]
+                    workers.append(subprocess.Popen(command))
+            codes = [w.wait() for w in workers]
+        finally:  # an error or Ctrl-C here stops the workers too (kill -9: see die_with_parent)
+            for w in workers:
+                if w.poll() is None:
+                    w.kill()
+                    w.wait()
         if any(codes):
             raise RuntimeError(f"tune: workers exited with {codes}; run the same command again to continue")
     # The best parameters over what the presets and the user set (not the rule's defaults), for --params.
@@ -145,11 +155,30 @@ def work(spec: TuneSpec, study: Any, n_trials: int) -> None:
             meter.close()
 
 
+def die_with_parent(parent: int) -> None:
+    """A worker must not outlive the command that started it, even when that command is killed with
+    kill -9 (a rerun would fail the worker's trial while it still runs). On Linux the kernel sends the
+    worker SIGKILL when its parent dies (PR_SET_PDEATHSIG); elsewhere a thread watches the parent."""
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    else:
+
+        def watch() -> None:
+            while os.getppid() == parent:
+                time.sleep(0.5)
+            os._exit(1)
+
+        threading.Thread(target=watch, daemon=True).start()
+    if os.getppid() != parent:  # the parent died before the signal was asked for
+        os._exit(1)
+
+
 def worker_main(path: str | os.PathLike) -> int:
     """A worker started by ``main``: its study, run and share of trials come from the file at ``path``."""
     from .. import tuning
 
     job = json.loads(Path(path).read_text())
+    die_with_parent(job["parent"])
     logging.basicConfig(
         level=logging.WARNING if job["quiet"] else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
