@@ -126,6 +126,14 @@ def test_learns_both_predictions(prediction, blobs):
     assert result.test_accuracy > 0.9 and result.hyperparameters["prediction"] == prediction
 
 
+@pytest.mark.parametrize("activation", ["tanh", "elu", "gelu"])
+def test_refuses_activations_that_can_be_negative(activation):
+    """Goodness is a sum of squares: a tanh network trained to below chance on MNIST without a word."""
+    with pytest.raises(ValueError, match=f"never negative .* unit 1 has {activation.upper()[:1]}"):
+        make("forward_forward", ll.models.mlp(20, [8, 8], 4, activation=activation), 4)
+    make("forward_forward", ll.models.mlp(20, [8, 8], 4), 4)  # ReLU, Hinton's
+
+
 def test_refuses_too_few_inputs_for_the_labels():
     with pytest.raises(ValueError, match="fewer than 10 labels"):
         make("forward_forward", ll.models.mlp(5, [8], 10), 10)

@@ -63,6 +63,15 @@ def test_choice_presets_are_keyed_by_any_choice(monkeypatch):
     assert spec.sources["lr"] == "preset:schedule=sequential"
 
 
+def test_the_networks_kind_keys_presets_too():
+    """Counter-current learning's lr 1 leaves this repository's CNNs at chance: a convolutional network gets
+    its own preset (under the command line's values)."""
+    spec = resolve("mnist", "counter_current", model="cnn:32,64")
+    assert (spec.hyperparameters["lr"], spec.sources["lr"]) == (0.01, "preset:model=cnn")
+    assert resolve("mnist", "counter_current").hyperparameters["lr"] == 1.0
+    assert resolve("mnist", "counter_current", model="cnn", lr=0.5).hyperparameters["lr"] == 0.5
+
+
 def test_a_rule_with_its_own_network_kind_is_not_given_the_datasets(monkeypatch):
     cls = ALGORITHMS["noisy_label_blocks"]
     monkeypatch.setattr(cls, "default_model", "mlp:24")
@@ -105,16 +114,18 @@ def test_a_bad_spec_fails_before_any_work(kwargs, error, message):
 def preset_cases():
     for algorithm, table in presets.PRESETS.items():
         for key in table:
-            if "=" in key:
-                yield algorithm, "mnist", [key]
+            if key.startswith("model="):
+                yield algorithm, "mnist", [], {"model": key.split("=")[1]}
+            elif "=" in key:
+                yield algorithm, "mnist", [key], {}
             elif key != "*":
-                yield algorithm, key, []
+                yield algorithm, key, [], {}
 
 
-@pytest.mark.parametrize("algorithm, dataset, hp", list(preset_cases()))
-def test_every_preset_value_lies_in_its_rules_search_space(algorithm, dataset, hp):
+@pytest.mark.parametrize("algorithm, dataset, hp, flags", list(preset_cases()))
+def test_every_preset_value_lies_in_its_rules_search_space(algorithm, dataset, hp, flags):
     """Tuning can reach every value a preset holds (for example CCL's lr 0.5 with SGD, not only Adam's)."""
-    spec = resolve(dataset, algorithm, hp=hp)
+    spec = resolve(dataset, algorithm, hp=hp, **flags)
     cls = ALGORITHMS[algorithm]
     trial = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0)).ask()
     cls.search_space(trial, cls.Config(**spec.hyperparameters))

@@ -24,6 +24,11 @@ Schedule: ``interleaved`` (every unit on every batch, as loeweX/Forward-Forward)
 a time to its stopping point, then frozen). Validation loss is meaningless for FF (goodness sums are not
 logits), so stop on validation accuracy. The network's last child (a class-score head) is not used: FF's
 class scores come from goodness or from the readout, which the algorithm owns.
+
+Activations: goodness is a sum of squares, which reads a unit's activity as evidence only when the activity
+cannot be negative (a tanh unit at -1 would count as much as one at +1; on MNIST such a network trained to
+below chance). So the units' activations must be non-negative: ReLU (Hinton's), ReLU6, Softplus or Sigmoid;
+any other activation is refused.
 """
 
 from __future__ import annotations
@@ -53,6 +58,10 @@ class ForwardForwardConfig(OptimizerConfig):
         check_choice("negatives", self.negatives, ("random", "hard"))
         check_choice("prediction", self.prediction, ("goodness", "readout"))
         check_choice("schedule", self.schedule, ("interleaved", "greedy"))
+
+
+# Activations whose output is never negative: the only ones goodness (a sum of squares) can read.
+GOODNESS_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Softplus, nn.Sigmoid)
 
 
 def rms_normalise(x: torch.Tensor, eps: float = 1e-8) -> torch.Tensor:
@@ -88,6 +97,18 @@ class ForwardForward(Algorithm):
                     "forward_forward needs units of one nn.Linear and an activation (an MLP such as "
                     f"localearn.models.mlp); unit {i + 1} has "
                     f"{', '.join(bad) or f'{len(found)} Linear layers'}"
+                )
+            negative = [
+                type(m).__name__
+                for m in unit.modules()
+                if type(m).__module__ == nn.modules.activation.__name__
+                and not isinstance(m, GOODNESS_ACTIVATIONS)
+            ]
+            if negative:
+                raise ValueError(
+                    "forward_forward needs activations that are never negative (goodness is a sum of "
+                    f"squares); unit {i + 1} has {negative[0]}. Use one of: "
+                    f"{', '.join(a.__name__ for a in GOODNESS_ACTIVATIONS)} (mlp:...:relu, the default)"
                 )
             linears += found
         if linears[0].in_features < num_classes:

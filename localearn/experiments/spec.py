@@ -8,7 +8,7 @@ each from the highest of these layers that sets it (the spec's ``sources`` says 
     2. dataset      the dataset's preset (presets.DATASETS): model, epochs, batch size, augmentation, patience
     3. rule         the rule's own network kind (``default_model``), where it has one
     4. preset:*     the algorithm's preset for every dataset, then ``preset:DATASET`` for this one
-    5. preset:N=V   the algorithm's presets for its final choices (say ``variant=local_activity``)
+    5. preset:N=V   the algorithm's presets for its final choices (``variant=local_activity``, ``model=cnn``)
     6. params       tuned hyperparameters (``--params best`` or a JSON file)
     7. flag         the command line's options (--model, --epochs, --lr, ...)
     8. hp           ``--hp NAME=VALUE``
@@ -232,6 +232,8 @@ def resolve(
     choices = {}
     for _, layer in [*layers, *base, *upper]:
         choices.update({k: v for k, v in layer.items() if isinstance(defaults.get(k), str)})
+        if "model" in layer:  # the network's kind keys presets too (model=cnn)
+            choices["model"] = models.parse_spec(layer["model"])[0]
     layers += presets.algorithm_layers(algorithm, label, choices) + upper
 
     values: dict[str, Any] = {}
