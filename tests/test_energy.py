@@ -6,13 +6,21 @@ import socket
 import sys
 import time
 import types
+from pathlib import Path
 
 import pytest
 import torch
 
 import localearn as ll
 from localearn.data import DataSplit
-from localearn.energy import EnergyCallback, EnergyMeter, Measurement, peak_memory
+from localearn.energy import (
+    EnergyCallback,
+    EnergyMeter,
+    Measurement,
+    MemoryCallback,
+    TrainingPeak,
+    peak_memory,
+)
 from localearn.energy.nvml import PowerSampler, trapezoid
 
 CPU = torch.device("cpu")
@@ -228,12 +236,13 @@ def blobs(n, seed):
     return DataSplit(x, y, ["a", "b", "c", "d"], "blobs")
 
 
-def fit(callback, epochs=3, **kw):
+def fit(callback, epochs=3, callbacks_extra=(), **kw):
     torch.manual_seed(0)
     algo = ll.make("backprop", ll.models.mlp(20, [16], 4), 4)
     splits = blobs(300, 1), blobs(60, 2), blobs(60, 3)
     kw.setdefault("progress", False)
-    trainer = ll.Trainer(algo, *splits, epochs=epochs, patience=None, callbacks=[callback], **kw)
+    callbacks = [*callbacks_extra, callback]
+    trainer = ll.Trainer(algo, *splits, epochs=epochs, patience=None, callbacks=callbacks, **kw)
     return trainer.fit()
 
 
@@ -251,7 +260,6 @@ def test_callback_records_totals_and_state(tmp_path, codecarbon):
     assert extra["energy_source"] == "codecarbon" and extra["energy_measured"] is False
     assert extra["co2_kg"] == pytest.approx(extra["energy_joules"] / 3.6e6 * 0.4)
     assert extra["co2_country"] == "USA" and extra["energy_joules_by_source"]["gpu"] is None
-    assert extra["peak_memory_kind"] == "process_peak_rss" and extra["peak_memory_bytes"] > 0
     assert "per-epoch validation" in extra["energy_window"]
     # The checkpoint keeps the totals, so a resumed run goes on counting from them.
     saved = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)["callbacks"]["EnergyCallback"]
@@ -264,9 +272,39 @@ def test_callback_records_totals_and_state(tmp_path, codecarbon):
     assert resumed.extra["energy_joules"] == pytest.approx(extra["energy_joules"])
 
 
-def test_peak_memory_on_cpu_is_process_peak_rss():
+def test_lifetime_peak_on_cpu_is_process_peak_rss():
     peak, kind = peak_memory(CPU)
     assert kind == "process_peak_rss" and peak > 10 * 2**20  # torch alone is bigger than 10 MiB
+
+
+class Allocate(ll.Callback):
+    """Holds ``mib`` MiB for a moment in every epoch, as a rule's training would."""
+
+    def __init__(self, mib):
+        self.mib = mib
+
+    def on_epoch_end(self, trainer, record):
+        held = torch.ones(self.mib * 2**18)  # float32: 4 bytes each
+        time.sleep(0.1)  # long enough for a sampler to see it
+        del held
+
+
+@pytest.mark.parametrize("reset", ["high-water mark", "sampled"])
+def test_peak_memory_is_the_trainings_own(reset, monkeypatch):
+    """What was resident before the fit (here 300 MiB, a data set say) is not the training's; what the
+    training holds (here 120 MiB in each epoch) is. The process's lifetime peak stays beside it, named."""
+    if reset == "sampled":  # no /proc/self/clear_refs: RSS sampled by a thread
+        monkeypatch.setattr(TrainingPeak, "CLEAR_REFS", Path("/nonexistent/clear_refs"))
+    resident = torch.ones(300 * 2**18)
+    result = fit(MemoryCallback(), epochs=2, callbacks_extra=[Allocate(120)])
+    extra = result.extra
+    assert extra["peak_memory_kind"] == (
+        "rss_peak_above_start" if reset != "sampled" else "rss_sampled_peak_above_start"
+    )
+    assert 100 * 2**20 < extra["peak_memory_bytes"] < 250 * 2**20
+    assert extra["process_lifetime_peak_kind"] == "process_peak_rss"
+    assert extra["process_lifetime_peak_bytes"] > 400 * 2**20
+    del resident
 
 
 def test_metered_fit_opens_no_socket(monkeypatch):

@@ -1,5 +1,16 @@
-"""Energy (joules first, CO2 second) and peak memory, each figure with its source; see meter.py."""
+"""Energy (joules first, CO2 second) and peak memory, each figure with its source; see meter.py, memory.py."""
 
-from .meter import EnergyCallback, EnergyMeter, Measurement, peak_memory
+from .memory import MemoryCallback, TrainingPeak, lifetime_peak
+from .meter import EnergyCallback, EnergyMeter, Measurement
 
-__all__ = ["EnergyCallback", "EnergyMeter", "Measurement", "peak_memory"]
+peak_memory = lifetime_peak  # the process's lifetime peak; the training's own: TrainingPeak, MemoryCallback
+
+__all__ = [
+    "EnergyCallback",
+    "EnergyMeter",
+    "Measurement",
+    "MemoryCallback",
+    "TrainingPeak",
+    "lifetime_peak",
+    "peak_memory",
+]

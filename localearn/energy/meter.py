@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
-import sys
 import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Any
@@ -176,29 +175,13 @@ class EnergyMeter:
                 self.nvml.nvmlShutdown()
 
 
-def peak_memory(device: torch.device | str) -> tuple[int, str]:
-    """Peak memory in bytes and what the figure is."""
-    device = torch.device(device)
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device), "cuda_max_memory_allocated"
-    # The process's peak resident set since it started: everything it ever held (interpreter, libraries,
-    # the data set), not just this run's tensors, and only this process.
-    try:
-        import resource
-    except ImportError:  # Windows
-        import psutil
-
-        return psutil.Process().memory_info().peak_wset, "process_peak_rss"
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak * (1 if sys.platform == "darwin" else 1024), "process_peak_rss"  # KiB on Linux
-
-
 def _add(total: float | None, value: float | None) -> float | None:
     return None if total is None or value is None else total + value
 
 
 class EnergyCallback(Callback):
-    """Meters each epoch (training and validation) and puts totals, CO2 and peak memory in ``result.extra``.
+    """Meters each epoch (training and validation) and puts totals and CO2 in ``result.extra`` (peak memory:
+    memory.MemoryCallback).
 
     The window opens in on_epoch_start and closes in on_epoch_end, before the Trainer's own callbacks
     (metrics, checkpoint) run; data loading and the test pass fall outside by construction.
@@ -213,10 +196,6 @@ class EnergyCallback(Callback):
         metered = self.meter.measured_by_source
         joules = {k: (0.0 if metered[k] is not None else None) for k in PARTS}
         return {"joules": joules, "co2_kg": 0.0 if self.meter.cpu else None, "windows": 0, "too_short": 0}
-
-    def on_fit_start(self, trainer: Trainer) -> None:
-        if trainer.algo.device.type == "cuda":  # a resumed run's peak covers the resumed part only
-            torch.cuda.reset_peak_memory_stats(trainer.algo.device)
 
     def on_epoch_start(self, trainer: Trainer) -> None:
         if self.window is not None:  # left open by an epoch that raised
@@ -244,7 +223,6 @@ class EnergyCallback(Callback):
         meter, t = self.meter, self.totals
         parts = [v for k, v in t["joules"].items() if meter.measured_by_source[k] is not None]
         total = sum(parts) if parts and all(v is not None for v in parts) else None
-        peak, kind = peak_memory(trainer.algo.device)
         result.extra.update(
             energy_joules=total,
             energy_joules_by_source=dict(t["joules"]),
@@ -256,8 +234,6 @@ class EnergyCallback(Callback):
             energy_too_short_windows=t["too_short"],
             co2_kg=t["co2_kg"] if total is not None else None,
             co2_country=meter.country_iso_code if t["co2_kg"] is not None and total is not None else None,
-            peak_memory_bytes=peak,
-            peak_memory_kind=kind,
         )
 
     def state_dict(self) -> dict[str, Any]:

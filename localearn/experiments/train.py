@@ -17,7 +17,7 @@ import torch
 
 from ..algorithms import Algorithm, make
 from ..data import DataSplit, load_dataset, resolve_device
-from ..energy import EnergyCallback, EnergyMeter
+from ..energy import EnergyCallback, EnergyMeter, MemoryCallback
 from ..trainer import Result, Trainer
 from .spec import RunSpec
 
@@ -91,7 +91,7 @@ def run(spec: RunSpec) -> tuple[Result, Path]:
             run_dir=run_dir,
             resume=spec.resume,
             progress=spec.progress,
-            callbacks=[EnergyCallback(meter)] if meter else [],
+            callbacks=[MemoryCallback(), *([EnergyCallback(meter)] if meter else [])],
             run_info={
                 "dataset": spec.dataset_label,
                 "model": spec.model,

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from ..data import resolve_device
-from ..energy import EnergyCallback, EnergyMeter
+from ..energy import EnergyCallback, EnergyMeter, MemoryCallback
 from ..rundir import atomic_write_json
 from ..trainer import Trainer
 from .spec import RunSpec
@@ -138,7 +138,7 @@ def work(spec: TuneSpec, study: Any, n_trials: int) -> None:
             val,  # the Trainer scores a "test" split at the end: here the validation set again
             **trainer_options(run),
             progress=False,
-            callbacks=([EnergyCallback(meter)] if meter else []) + callbacks,
+            callbacks=[MemoryCallback(), *([EnergyCallback(meter)] if meter else []), *callbacks],
         )
 
     try:
