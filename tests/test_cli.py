@@ -98,6 +98,7 @@ def test_run_prints_result_and_writes_run_directory(image_tree, tmp_path, capsys
     assert result["test_accuracy"] > 0.5  # 4 colour classes; chance is 0.25
     # Every command-line run meters itself: joules (or None, said so), the source, and peak memory.
     assert "energy_joules" in result and result["energy_source"] and result["co2_country"] in ("USA", None)
+    assert result["energy_scope"]["cpu"] in ("process", "machine")  # what the figure covers, said
     assert result["peak_memory_kind"] == "rss_peak_above_start" and result["peak_memory_bytes"] >= 0
     assert result["process_lifetime_peak_kind"] == "process_peak_rss"
     assert result["process_lifetime_peak_bytes"] > result["peak_memory_bytes"]

@@ -2,7 +2,10 @@
 no-network run, which uses the real offline tracker."""
 
 import json
+import os
+import signal
 import socket
+import subprocess
 import sys
 import time
 import types
@@ -359,3 +362,32 @@ def test_callback_total_is_none_when_a_window_had_no_gpu_figure(monkeypatch, cod
     assert extra["energy_too_short_windows"] == 2
     assert extra["energy_joules"] is None and extra["co2_kg"] is None and extra["co2_country"] is None
     assert extra["energy_joules_by_source"]["gpu"] is None and extra["energy_joules_by_source"]["cpu"] > 0
+
+
+def test_cpu_energy_is_this_processs_own_on_a_busy_machine():
+    """Another process burns a core while this one sleeps: the default figure (this process's) stays near
+    zero, the machine's does not. So a run on a busy machine, or one of two tune workers side by side, is
+    charged for its own work only."""
+    burner = subprocess.Popen(  # not our child: the shell exits, the loop is adopted by init
+        ["sh", "-c", f"{sys.executable} -c 'while True: pass' > /dev/null 2>&1 & echo $!"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    pid = int(burner.stdout.readline())
+    burner.wait()
+    try:
+        joules, scopes = {}, {}
+        for scope in ("process", "machine"):
+            meter = EnergyMeter(device=CPU, scope=scope)
+            if meter.cpu is None or meter.cpu.cpu_method != "cpu_load":
+                pytest.skip(
+                    "CPU energy here is not CodeCarbon's load-based estimate (RAPL covers the machine)"
+                )
+            with meter.window() as w:
+                time.sleep(2.5)
+            meter.close()
+            joules[scope], scopes[scope] = w.by_source["cpu"], meter.scope["cpu"]
+    finally:
+        os.kill(pid, signal.SIGKILL)
+    assert scopes == {"process": "process", "machine": "machine"}
+    assert joules["process"] < 0.2 * joules["machine"], joules

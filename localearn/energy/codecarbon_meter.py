@@ -1,6 +1,12 @@
 """CPU and RAM energy from CodeCarbon's OfflineEmissionsTracker, one CodeCarbon task per window.
 
 Never the online ``EmissionsTracker``: it looks the machine up over HTTP (geo-IP, cloud metadata).
+
+Scope: by default the tracker counts this process (and its children), not the machine, so a run on a busy
+machine, or one of two tune workers side by side, is charged for its own work only. That is possible where
+CodeCarbon estimates CPU power from load (TDP times this process's share of CPU time) and for its RAM model
+(this process's resident memory); a hardware counter (RAPL) reads the whole package and cannot be split by
+process, so such a figure covers the machine and says so.
 """
 
 from __future__ import annotations
@@ -18,8 +24,13 @@ KWH = 3.6e6  # joules
 class CodeCarbonMeter:
     """Builds the tracker and detects the hardware at once, so neither cost falls inside a window."""
 
-    def __init__(self, country_iso_code: str, measure_power_secs: float = 1.0) -> None:
+    def __init__(
+        self, country_iso_code: str, measure_power_secs: float = 1.0, scope: str = "process"
+    ) -> None:
         import codecarbon
+
+        if scope not in ("process", "machine"):
+            raise ValueError(f"energy scope {scope!r} is not valid; choose one of: process, machine")
 
         # Its constructor logs before it reads log_level.
         logging.getLogger("codecarbon").setLevel(logging.ERROR)
@@ -40,7 +51,7 @@ class CodeCarbonMeter:
             output_dir=tempfile.gettempdir(),  # only Intel Power Gadget writes here, never the working dir
             measure_power_secs=measure_power_secs,
             log_level="error",
-            tracking_mode="machine",  # like the GPU counter and RAPL: the whole device, not this process
+            tracking_mode=scope,
             pue=1.0,
             force_cpu_power=None,
             force_ram_power=None,
@@ -53,6 +64,10 @@ class CodeCarbonMeter:
         # The constructor swallows its own exceptions; a half-built tracker fails here instead.
         self.tracker.get_detected_hardware()
         self.cpu_method, self.cpu_measured, self.ram_method, self.ram_measured = self._methods()
+        # What each figure covers: CodeCarbon splits its load-based CPU estimate and its RAM model by
+        # process; a counter (RAPL, ...) or a constant share of TDP covers the machine whatever the mode.
+        self.cpu_scope = scope if self.cpu_method == "cpu_load" else "machine"
+        self.ram_scope = scope if self.ram_method == "ram_model" else "machine"
         self.windows = 0
 
     def _methods(self) -> tuple[str, bool, str, bool]:

@@ -57,6 +57,8 @@ class EnergyMeter:
         country_iso_code: 3-letter code of the grid for CO2 (CodeCarbon's offline tables).
         gpu_indices: CUDA-visible GPUs to meter; None meters the device's GPU, or none for a CPU device.
         sampling_interval: seconds between NVML power readings, where a GPU has no energy counter.
+        scope: "process" (default): CPU and RAM energy of this process where the source can split it (see
+            codecarbon_meter.py); "machine": the whole machine's. A GPU's figure covers the whole device.
     """
 
     def __init__(
@@ -65,6 +67,7 @@ class EnergyMeter:
         country_iso_code: str = "USA",
         gpu_indices: Sequence[int] | None = None,
         sampling_interval: float = 0.1,
+        scope: str = "process",
     ) -> None:
         self.device = torch.device(device)
         self.country_iso_code = country_iso_code
@@ -76,7 +79,7 @@ class EnergyMeter:
         self.gpu: EnergyCounter | PowerSampler | None = self._gpu_source(sampling_interval)
         self.cpu: CodeCarbonMeter | None = None
         try:
-            self.cpu = CodeCarbonMeter(country_iso_code)
+            self.cpu = CodeCarbonMeter(country_iso_code, scope=scope)
         except Exception as e:
             log.warning("CodeCarbon could not start (%s): CPU and RAM energy are not metered", e)
         cc = self.cpu
@@ -90,11 +93,17 @@ class EnergyMeter:
             "cpu": cc.cpu_measured if cc else None,
             "ram": cc.ram_measured if cc else None,
         }
+        # What each figure covers: this process, the machine, or the GPU device (everything running on it).
+        self.scope = {
+            "gpu": "device" if self.gpu else None,
+            "cpu": cc.cpu_scope if cc else None,
+            "ram": cc.ram_scope if cc else None,
+        }
         metered = [v for v in self.measured_by_source.values() if v is not None]
         self.measured = bool(metered) and all(metered)
         self.source = "+".join(s for s in (self.methods["gpu"], "codecarbon" if cc else None) if s) or "none"
         self._open: Measurement | None = None
-        log.info("energy: %s (%s)", self.source, self.methods)
+        log.info("energy: %s (%s; covers %s)", self.source, self.methods, self.scope)
 
     def _gpu_source(self, interval: float) -> EnergyCounter | PowerSampler | None:
         if not self.gpu_indices:
@@ -230,6 +239,7 @@ class EnergyCallback(Callback):
             energy_measured=meter.measured,
             energy_measured_by_source=dict(meter.measured_by_source),
             energy_methods=dict(meter.methods),
+            energy_scope=dict(meter.scope),
             energy_window=WINDOW,
             energy_too_short_windows=t["too_short"],
             co2_kg=t["co2_kg"] if total is not None else None,

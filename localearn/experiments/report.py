@@ -206,7 +206,8 @@ def protocol(runs: list[Run]) -> list[str]:
         f"Metered window: {distinct([r.result.get('energy_window', MISSING) for r in runs])}.",
         f"Devices: {distinct([r.result['device'] for r in runs])}.",
         f"Energy sources: {distinct([r.result.get('energy_source', MISSING) for r in runs])}; methods: "
-        f"{distinct([r.result.get('energy_methods') for r in runs])}.",
+        f"{distinct([r.result.get('energy_methods') for r in runs])}; each figure covers (process, "
+        f"machine or GPU device): {distinct([r.result.get('energy_scope', MISSING) for r in runs])}.",
         "Energy figures are "
         + (
             "measured (hardware counters or power sensors)."
