@@ -1,8 +1,8 @@
-"""Datasets as device-resident tensors: finding, decoding, caching, splitting, augmenting and batching.
+"""Datasets as device-resident tensors: finding, decoding, caching and splitting them (splits.py holds the
+DataSplit, its batches and augmentation).
 
-An epoch is a loop over index slices of tensors that already sit on the device, so there is no DataLoader
-and no per-epoch decoding. Image folders are decoded once and cached as uint8 tensors in a cache directory,
-never in the data directory, which may be read-only.
+Image folders are decoded once and cached as uint8 tensors in a cache directory, never in the data
+directory, which may be read-only. A file that cannot be read is named, with what was expected of it.
 """
 
 from __future__ import annotations
@@ -13,17 +13,16 @@ import logging
 import multiprocessing as mp
 import os
 import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from .rundir import atomic_write
+from .splits import DataError, DataSplit, iterate_batches, random_crop_flip
 
 __all__ = [
     "DATASETS",
@@ -45,10 +44,6 @@ _CACHE_VERSION = 1  # bump when the cache file format changes, so old files are 
 _POOL_MIN_FILES = 2000  # below this, starting worker processes costs more than it saves
 
 
-class DataError(ValueError):
-    """A dataset, split or device that cannot be found, read or used as asked."""
-
-
 @dataclass(frozen=True)
 class DatasetInfo:
     torchvision_class: str
@@ -56,11 +51,18 @@ class DatasetInfo:
     std: tuple[float, ...]
     num_classes: int
     torchvision_dir: str  # where torchvision keeps the files under data_dir; named in error messages
+    file_sizes: tuple[tuple[str, int], ...] = ()  # exact sizes of its files, where they are fixed (MNIST)
 
 
+_IDX_SIZES = (  # the uncompressed idx files of MNIST and Fashion-MNIST
+    ("train-images-idx3-ubyte", 47040016),
+    ("train-labels-idx1-ubyte", 60008),
+    ("t10k-images-idx3-ubyte", 7840016),
+    ("t10k-labels-idx1-ubyte", 10008),
+)
 DATASETS: dict[str, DatasetInfo] = {
-    "mnist": DatasetInfo("MNIST", (0.1307,), (0.3081,), 10, "MNIST/raw"),
-    "fashion_mnist": DatasetInfo("FashionMNIST", (0.2860,), (0.3530,), 10, "FashionMNIST/raw"),
+    "mnist": DatasetInfo("MNIST", (0.1307,), (0.3081,), 10, "MNIST/raw", _IDX_SIZES),
+    "fashion_mnist": DatasetInfo("FashionMNIST", (0.2860,), (0.3530,), 10, "FashionMNIST/raw", _IDX_SIZES),
     "cifar10": DatasetInfo(
         "CIFAR10", (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616), 10, "cifar-10-batches-py"
     ),
@@ -68,36 +70,6 @@ DATASETS: dict[str, DatasetInfo] = {
         "CIFAR100", (0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762), 100, "cifar-100-python"
     ),
 }
-
-
-@dataclass(eq=False)  # eq on tensors is ambiguous; splits compare by identity
-class DataSplit:
-    x: torch.Tensor  # float32 [N, C, H, W], normalised
-    y: torch.Tensor  # int64 [N]
-    classes: list[str]
-    name: str
-    augment: bool = False  # iterate_batches applies random_crop_flip per batch
-
-    def __len__(self) -> int:
-        return self.x.shape[0]
-
-    @property
-    def num_classes(self) -> int:
-        return len(self.classes)
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.x.shape[1:])
-
-    @property
-    def device(self) -> torch.device:
-        return self.x.device
-
-    def __repr__(self) -> str:  # the default would print whole tensors
-        return (
-            f"DataSplit(name={self.name!r}, n={len(self)}, input_shape={self.input_shape}, "
-            f"num_classes={self.num_classes}, device={self.device}, augment={self.augment})"
-        )
 
 
 def _valid_devices() -> str:
@@ -154,11 +126,17 @@ def _scan_tree(root: Path) -> tuple[list[str], dict[str, list[tuple[str, int]]],
         for cls in _subdirs(root / split):
             if cls not in label:
                 raise DataError(f"{root / split / cls}: class {cls!r} has no folder in {root / 'train'}")
+            before = len(found)
             for e in sorted(os.scandir(root / split / cls), key=lambda e: e.name):
                 if e.is_file() and e.name.lower().endswith(IMG_EXTENSIONS) and not e.name.startswith("."):
                     rel, st = f"{split}/{cls}/{e.name}", e.stat()
                     found.append((rel, label[cls]))
                     stamp.append((rel, st.st_size, st.st_mtime_ns))
+            if len(found) == before:  # a class nothing can be learnt (or tested) from
+                raise DataError(
+                    f"{root / split / cls}: a class folder with no images (extensions "
+                    f"{', '.join(IMG_EXTENSIONS)}); add images or remove the folder"
+                )
         if not found:
             raise DataError(
                 f"ImageFolder tree {root}: no images in {root / split} "
@@ -168,29 +146,42 @@ def _scan_tree(root: Path) -> tuple[list[str], dict[str, list[tuple[str, int]]],
     return classes, files, stamp
 
 
+def _unreadable(path: str | Path, e: Exception) -> DataError:
+    """A broken image file, named with its class folder (PIL's own errors name neither)."""
+    path = Path(path)
+    return DataError(f"cannot read image {path} (class folder {path.parent.name!r}): {type(e).__name__}: {e}")
+
+
 def _decode_chunk(paths: list[str], mode: str, size: tuple[int, int]) -> np.ndarray:
     w, h = size
     channels = 1 if mode == "L" else 3
     out = np.empty((len(paths), h, w, channels), np.uint8)
     for i, path in enumerate(paths):
-        with Image.open(path) as im:
-            if im.size != size:
-                raise DataError(
-                    f"image {path} is {im.size[0]}x{im.size[1]} but the first image is {w}x{h}; "
-                    "all images of a tree must be the same size"
-                )
-            out[i] = np.asarray(im.convert(mode)).reshape(h, w, channels)
+        try:
+            with Image.open(path) as im:
+                if im.size != size:
+                    raise DataError(
+                        f"image {path} is {im.size[0]}x{im.size[1]} but the first image is {w}x{h}; "
+                        "all images of a tree must be the same size"
+                    )
+                out[i] = np.asarray(im.convert(mode)).reshape(h, w, channels)
+        except DataError:
+            raise
+        except Exception as e:  # PIL raises OSError, SyntaxError, ValueError, ... for a damaged file
+            raise _unreadable(path, e) from None
     return out
 
 
 def _decode_images(root: Path, paths: list[str]) -> torch.Tensor:
     """Decode all files (relative to root) to uint8 [N, C, H, W], in order."""
-    with Image.open(root / paths[0]) as im:
-        size = im.size
-    modes = []
+    modes, size = [], None
     for p in paths[:8]:
-        with Image.open(root / p) as im:
-            modes.append(im.mode)
+        try:
+            with Image.open(root / p) as im:
+                modes.append(im.mode)
+                size = size or im.size
+        except Exception as e:
+            raise _unreadable(root / p, e) from None
     mode = "L" if all(m in _GRAY_MODES for m in modes) else "RGB"
     logger.info("decoding %d images from %s (%s, %dx%d); cached after this", len(paths), root, mode, *size)
     full = [str(root / p) for p in paths]
@@ -271,10 +262,23 @@ def _load_named(name: str, info: DatasetInfo, data_dir: Path, cache_dir: Path) -
             n = len(blob["classes"])
             logger.warning("%s has %d class folders; %s has %d", folder, n, name, info.num_classes)
         return blob
-    try:
-        return _load_torchvision(info, data_dir, download=False)
-    except (RuntimeError, OSError) as e:
-        logger.info("%s not in torchvision's layout under %s (%s); trying a download", name, data_dir, e)
+    present = data_dir / info.torchvision_dir
+    if present.is_dir():  # a copy is there: read it, or say what is wrong with it; never download over it
+        for file, size in info.file_sizes:
+            actual = (present / file).stat().st_size if (present / file).is_file() else None
+            if actual is not None and actual != size:
+                raise DataError(
+                    f"{present / file} has {actual} bytes, expected {size}: a truncated or damaged copy of "
+                    f"{name}; replace it (or remove {present} to download it again)"
+                )
+        try:
+            return _load_torchvision(info, data_dir, download=False)
+        except Exception as e:
+            raise DataError(
+                f"{name} in {present} cannot be read ({type(e).__name__}: {e}); the copy is incomplete or "
+                f"damaged: replace it, or remove {present} to download it again"
+            ) from None
+    logger.info("%s: no copy in %s; trying a download", name, present)
     try:
         return _load_torchvision(info, data_dir, download=True)
     except Exception as e:  # offline errors come in many types; all mean the same here
@@ -352,56 +356,3 @@ def load_dataset(
         for k in ("train", "val", "test")
     )
     return train, val, test
-
-
-# ---------------------------------------------------------------- batches and augmentation
-
-
-def random_crop_flip(
-    x: torch.Tensor, padding: int = 4, generator: torch.Generator | None = None, *, flip_prob: float = 0.5
-) -> torch.Tensor:
-    """Per-example random crop after reflect padding, then horizontal flip with probability flip_prob.
-
-    Vectorised with gather on x.device. Random numbers are drawn on CPU with `generator`, so a seed gives the
-    same augmentation on any device.
-    """
-    if x.ndim != 4:
-        raise DataError(f"random_crop_flip expects [N, C, H, W], got shape {tuple(x.shape)}")
-    n, c, h, w = x.shape
-    if not 0 <= padding < min(h, w):  # reflect padding needs padding < image side
-        raise DataError(f"padding must be in [0, {min(h, w) - 1}] for {h}x{w} images, got {padding}")
-    dy = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(x.device)
-    dx = torch.randint(0, 2 * padding + 1, (n,), generator=generator).to(x.device)
-    flip = (torch.rand(n, generator=generator) < flip_prob).to(x.device)
-    if n == 0:
-        return x
-    if padding:
-        x = F.pad(x, (padding,) * 4, mode="reflect")
-    rows = dy[:, None] + torch.arange(h, device=x.device)  # [n, h] source rows in the padded image
-    cols = dx[:, None] + torch.arange(w, device=x.device)  # [n, w] source columns
-    cols = torch.where(flip[:, None], cols.flip(1), cols)
-    x = x.gather(2, rows[:, None, :, None].expand(n, c, h, x.shape[3]))
-    return x.gather(3, cols[:, None, None, :].expand(n, c, h, w))
-
-
-def iterate_batches(
-    split: DataSplit, batch_size: int, shuffle: bool = False, generator: torch.Generator | None = None
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(x, y) batches as index slices of the split's device tensors; the last partial batch is kept.
-
-    shuffle draws the order on CPU with `generator` (a CPU generator), so runs repeat on any device. If
-    split.augment, each x batch goes through random_crop_flip with the same generator.
-    """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise DataError(f"batch_size must be a positive integer, got {batch_size!r}")
-    n = len(split)
-    order = torch.randperm(n, generator=generator).to(split.device) if shuffle else None
-    for start in range(0, n, batch_size):
-        if order is None:
-            xb, yb = split.x[start : start + batch_size], split.y[start : start + batch_size]
-        else:
-            idx = order[start : start + batch_size]
-            xb, yb = split.x[idx], split.y[idx]
-        if split.augment:
-            xb = random_crop_flip(xb, generator=generator)
-        yield xb, yb

@@ -114,6 +114,11 @@ class Trainer:
         eval_batch_size: int = 1024,
         run_info: dict[str, Any] | None = None,
     ) -> None:
+        for name, split in (("train", train), ("val", val), ("test", test)):
+            if not isinstance(split, DataSplit):
+                raise TypeError(
+                    f"{name} must be a DataSplit (an empty one for none); got {type(split).__name__}"
+                )
         valid = [m for m in MONITORS if m in algo.monitors]
         if monitor not in valid:
             raise ValueError(

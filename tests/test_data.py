@@ -259,7 +259,7 @@ def test_random_crop_flip_reproducible():
 
 def make_split(n=10, augment=False):
     x = torch.arange(n, dtype=torch.float32).view(n, 1, 1, 1).expand(n, 1, 8, 8).contiguous()
-    return DataSplit(x, torch.arange(n), ["a"], "toy", augment=augment)
+    return DataSplit(x, torch.arange(n), [str(i) for i in range(n)], "toy", augment=augment)
 
 
 def test_iterate_batches_in_order_with_partial_last():
@@ -308,3 +308,75 @@ def test_real_mnist(tmp_path):
     assert train.input_shape == (1, 28, 28) and train.num_classes == 10
     assert abs(train.x.mean().item()) < 0.05 and abs(train.x.std().item() - 1) < 0.05
     assert torch.equal(torch.cat([train.y, val.y]).bincount().sum(), torch.tensor(60000))
+
+
+# ---------------------------------------------------------------- damaged data is named
+
+
+@pytest.mark.parametrize("pool", [False, True])
+def test_a_truncated_image_is_named_with_its_class_folder(tree, cache, monkeypatch, pool):
+    """PIL's 'Truncated File Read' names no file; through the decoding pool it was a 50-line traceback."""
+    if pool:
+        monkeypatch.setattr(data, "_POOL_MIN_FILES", 1)
+    good = tree / "train" / "cat" / "003.png"
+    Image.open(good).convert("RGB").save(tree / "train" / "cat" / "010.jpg")
+    whole = (tree / "train" / "cat" / "010.jpg").read_bytes()
+    (tree / "train" / "cat" / "010.jpg").write_bytes(whole[: len(whole) // 2])
+    with pytest.raises(DataError, match=r"cannot read image .*train/cat/010\.jpg \(class folder 'cat'\)"):
+        load_dataset(str(tree), cache_dir=cache)
+
+
+def test_an_empty_class_folder_is_refused(tree, cache):
+    (tree / "train" / "dog").mkdir()
+    with pytest.raises(DataError, match=r"train/dog: a class folder with no images"):
+        load_dataset(str(tree), cache_dir=cache)
+
+
+def test_a_truncated_mnist_file_is_named_and_nothing_is_downloaded(tmp_path, monkeypatch):
+    import torchvision
+
+    def no_download(self):
+        raise AssertionError("a present copy must not be downloaded over")
+
+    monkeypatch.setattr(torchvision.datasets.MNIST, "download", no_download)
+    raw = tmp_path / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for file, size in data._IDX_SIZES:
+        (raw / file).write_bytes(b"\0" * (size if "t10k-images" not in file else 1000))
+    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte has 1000 bytes, expected 7840016"):
+        load_dataset("mnist", data_dir=tmp_path, cache_dir=tmp_path / "cache")
+    (raw / "train-labels-idx1-ubyte").unlink()  # a file missing from a present copy: named too
+    (raw / "t10k-images-idx3-ubyte").write_bytes(b"\0" * 7840016)
+    with pytest.raises(DataError, match=r"MNIST/raw cannot be read .* incomplete or damaged"):
+        load_dataset("mnist", data_dir=tmp_path, cache_dir=tmp_path / "cache")
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"y": torch.zeros(6, dtype=torch.int32)}, "y must be a 1-D int64 tensor .* got torch.int32"),
+        ({"y": torch.tensor([0, 1, 2, 3, 0, 1])}, "label 3 is outside 0..2"),
+        ({"y": torch.tensor([0, 1, -1, 0, 1, 2])}, "label -1 is outside 0..2"),
+        ({"y": torch.zeros(5, dtype=torch.long)}, "x has 6 examples but y has 5"),
+        ({"x": torch.zeros(6, 3, 2, 2, dtype=torch.uint8)}, "x must be a floating-point tensor"),
+        (
+            {"x": torch.ones(6, 3, 2, 2).index_fill_(0, torch.tensor([4]), float("nan"))},
+            "1 examples have NaN",
+        ),
+        ({"classes": ["only"]}, "at least 2 classes"),
+    ],
+)
+def test_a_split_is_checked_when_it_is_built(change, message):
+    """Each of these surfaced later from inside torch (NaN inputs as "diverged, try a smaller lr")."""
+    fields = {"x": torch.ones(6, 3, 2, 2), "y": torch.tensor([0, 1, 2, 0, 1, 2]), "classes": ["a", "b", "c"]}
+    with pytest.raises(DataError, match=message):
+        DataSplit(**{**fields, **change}, name="mine")
+
+
+def test_the_trainer_refuses_a_missing_split(tmp_path):
+    import localearn as ll
+
+    split = DataSplit(torch.randn(8, 4), torch.tensor([0, 1] * 4), ["a", "b"], "mine")
+    algo = ll.make("backprop", ll.models.mlp(4, [4], 2), 2)
+    with pytest.raises(TypeError, match="val must be a DataSplit"):
+        ll.Trainer(algo, split, None, split)
