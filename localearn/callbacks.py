@@ -9,6 +9,7 @@ continues its figures.
 from __future__ import annotations
 
 import logging
+import time
 from typing import TYPE_CHECKING, Any
 
 from tqdm.auto import tqdm
@@ -47,10 +48,21 @@ class MetricsLogger(Callback):
 
 
 class Checkpointer(Callback):
-    """Saves the Trainer's state in the run directory after every ``every`` epochs and after the last."""
+    """Saves the Trainer's state in the run directory after every ``every`` epochs and after the last, and
+    every ``progress_every`` seconds notes how far the epoch in flight has come (what a kill would lose)."""
 
-    def __init__(self, run_dir: RunDirectory, every: int = 1) -> None:
-        self.run_dir, self.every = run_dir, every
+    def __init__(self, run_dir: RunDirectory, every: int = 1, progress_every: float = 10.0) -> None:
+        self.run_dir, self.every, self.progress_every = run_dir, every, progress_every
+        self.epoch_start = self.last_note = 0.0
+
+    def on_epoch_start(self, trainer: Trainer) -> None:
+        self.epoch_start = self.last_note = time.monotonic()
+
+    def on_batch_end(self, trainer: Trainer, stats: dict[str, Any]) -> None:
+        now = time.monotonic()
+        if now - self.last_note >= self.progress_every:
+            self.last_note = now
+            self.run_dir.write_progress(trainer.epoch, now - self.epoch_start)
 
     def on_epoch_end(self, trainer: Trainer, record: dict[str, Any]) -> None:
         if trainer.finished or trainer.epoch % self.every == 0:

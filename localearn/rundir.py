@@ -26,6 +26,7 @@ import torch
 log = logging.getLogger(__name__)
 
 CONFIG, METRICS, CHECKPOINT, RESULT = "config.json", "metrics.jsonl", "checkpoint.pt", "result.json"
+PROGRESS = "progress.json"  # how far the epoch in flight had come, for what a kill loses
 # Parts of config.json that may differ when a run is resumed: where it ran from, not what it computes.
 NOT_COMPARED_ON_RESUME = ("versions", "invocation")
 
@@ -54,6 +55,16 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def check_writable(directory: str | os.PathLike, what: str = "--out") -> None:
+    """Fail before any work, naming the directory, where nothing could be written (nothing is created)."""
+    path = Path(directory).absolute()
+    existing = next(p for p in (path, *path.parents) if p.exists())
+    if not existing.is_dir():
+        raise NotADirectoryError(f"{what} {directory}: {existing} is a file, not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise PermissionError(f"{what} {directory}: cannot write in {existing} (permission denied)")
 
 
 def environment_info() -> dict[str, str]:
@@ -87,6 +98,8 @@ class RunDirectory:
     def open(self, config: dict[str, Any]) -> tuple[dict[str, Any] | None, dict[str, Any] | None]:
         """Prepare the directory for ``config``: (saved result, None) for a finished run, (None, checkpoint
         state) for an interrupted one, (None, None) for a new one (config.json written)."""
+        for leftover in self.path.glob(".*.tmp") if self.path.is_dir() else []:  # a write a kill cut short
+            leftover.unlink(missing_ok=True)
         if self.resume and self.file(CONFIG).exists():
             saved = json.loads(self.file(CONFIG).read_text())
             differ = sorted(
@@ -106,6 +119,7 @@ class RunDirectory:
             raise FileExistsError(f"run directory {self.path} is not empty; pass resume=True to continue it")
         self.path.mkdir(parents=True, exist_ok=True)
         self.file(METRICS).unlink(missing_ok=True)
+        self.file(PROGRESS).unlink(missing_ok=True)
         atomic_write_json(self.file(CONFIG), config)
         return None, None
 
@@ -120,9 +134,24 @@ class RunDirectory:
             return None
         # Onto the CPU: RNG states must stay CPU tensors; the Trainer moves the rest where it belongs.
         state = torch.load(self.file(CHECKPOINT), map_location="cpu", weights_only=False)
-        self.truncate_metrics(state["loop"]["epoch"])
-        log.info("resuming %s after epoch %d", self.path, state["loop"]["epoch"])
+        epoch = state["loop"]["epoch"]
+        self.truncate_metrics(epoch)
+        # The epoch the kill cut short is trained again; its seconds so far are lost (known to within the
+        # progress file's interval), and so are its joules, which no meter had closed.
+        progress = json.loads(self.file(PROGRESS).read_text()) if self.file(PROGRESS).exists() else {}
+        state["seconds_lost"] = progress["seconds"] if progress.get("epoch", 0) > epoch else 0.0
+        log.info(
+            "resuming %s after epoch %d (%.1f s of epoch %d lost)",
+            self.path,
+            epoch,
+            state["seconds_lost"],
+            epoch + 1,
+        )
         return state
+
+    def write_progress(self, epoch: int, seconds: float) -> None:
+        """How long the epoch in flight has trained; read back on resume to say what a kill lost."""
+        atomic_write_json(self.file(PROGRESS), {"epoch": epoch, "seconds": seconds})
 
     # -- metrics and result -----------------------------------------------------------------------------
     def append_metrics(self, record: dict[str, Any]) -> None:

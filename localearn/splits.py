@@ -10,11 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["DataError", "DataSplit", "iterate_batches", "random_crop_flip"]
+__all__ = ["DataError", "DataSplit", "check_fit", "check_splits", "iterate_batches", "random_crop_flip"]
 
 
 class DataError(ValueError):
@@ -85,6 +86,43 @@ class DataSplit:
         return (
             f"DataSplit(name={self.name!r}, n={len(self)}, input_shape={self.input_shape}, "
             f"num_classes={self.num_classes}, device={self.device}, augment={self.augment})"
+        )
+
+
+def check_splits(**splits: Any) -> None:
+    """Each argument a DataSplit (an empty one stands for none), or a TypeError naming it."""
+    for name, split in splits.items():
+        if not isinstance(split, DataSplit):
+            raise TypeError(f"{name} must be a DataSplit (an empty one for none); got {type(split).__name__}")
+
+
+def check_fit(algo: Any, train: DataSplit, val: DataSplit, test: DataSplit) -> None:
+    """The splits agree with each other and with the algorithm: shapes, classes, device, and one dry
+    prediction. Run before anything is written."""
+    for split in (val, test):
+        if split.input_shape != train.input_shape:
+            raise ValueError(f"{split.name}: input shape {split.input_shape} != train {train.input_shape}")
+    if train.num_classes != algo.num_classes:
+        raise ValueError(
+            f"the data has {train.num_classes} classes but the algorithm was built for {algo.num_classes}"
+        )
+    if len(train) == 0 or len(test) == 0:
+        raise ValueError(f"empty split: train {len(train)}, test {len(test)} examples")
+    if train.device != algo.device:
+        raise ValueError(
+            f"the data is on {train.device} but the algorithm is on {algo.device}; "
+            "load the data and build the algorithm on the same device"
+        )
+    algo.train(False)
+    try:
+        scores = algo.predict(train.x[:2])
+    except RuntimeError as e:
+        raise ValueError(
+            f"the network does not accept the data's inputs of shape {tuple(train.input_shape)}: {e}"
+        ) from e
+    if tuple(scores.shape) != (min(2, len(train)), algo.num_classes):
+        raise ValueError(
+            f"the network gives scores of shape {tuple(scores.shape)}, expected [batch, {algo.num_classes}]"
         )
 
 

@@ -36,15 +36,15 @@ import torch.nn.functional as F
 
 from .algorithms.base import Algorithm
 from .callbacks import Callback, Checkpointer, MetricsLogger, ProgressBar
-from .data import DataSplit, iterate_batches
 from .rundir import RunDirectory, environment_info
+from .splits import DataSplit, check_fit, check_splits, iterate_batches
 
 log = logging.getLogger(__name__)
 
 MONITORS = {"val_accuracy": "max", "val_loss": "min"}
 # The loop's own state, saved in every checkpoint.
 LOOP_STATE = "epoch stage_epoch data_passes best_metric best_epoch best_val_accuracy bad_epochs".split()
-LOOP_STATE += ["train_seconds", "finished", "stop_reason"]
+LOOP_STATE += ["train_seconds", "finished", "stop_reason", "resumes", "seconds_lost"]
 
 
 class DivergenceError(RuntimeError):
@@ -114,11 +114,7 @@ class Trainer:
         eval_batch_size: int = 1024,
         run_info: dict[str, Any] | None = None,
     ) -> None:
-        for name, split in (("train", train), ("val", val), ("test", test)):
-            if not isinstance(split, DataSplit):
-                raise TypeError(
-                    f"{name} must be a DataSplit (an empty one for none); got {type(split).__name__}"
-                )
+        check_splits(train=train, val=val, test=test)
         valid = [m for m in MONITORS if m in algo.monitors]
         if monitor not in valid:
             raise ValueError(
@@ -158,6 +154,7 @@ class Trainer:
         self.best_val_accuracy: float | None = None
         self.best_state: dict[str, Any] | None = None
         self.train_seconds, self.finished, self.stop_reason = 0.0, False, ""
+        self.resumes, self.seconds_lost = 0, 0.0  # restarts from a checkpoint, training time they dropped
 
     # -- configuration -------------------------------------------------------------------------------
     def stopping_rule(self) -> dict[str, Any]:
@@ -203,47 +200,16 @@ class Trainer:
             "versions": environment_info(),
         }
 
-    # -- checks ----------------------------------------------------------------------------------------
-    def _check_inputs(self) -> None:
-        algo, train = self.algo, self.train_split
-        for split in (self.val_split, self.test_split):
-            if split.input_shape != train.input_shape:
-                raise ValueError(
-                    f"{split.name}: input shape {split.input_shape} != train {train.input_shape}"
-                )
-        if train.num_classes != algo.num_classes:
-            raise ValueError(
-                f"the data has {train.num_classes} classes but the algorithm was built for {algo.num_classes}"
-            )
-        if len(train) == 0 or len(self.test_split) == 0:
-            raise ValueError(f"empty split: train {len(train)}, test {len(self.test_split)} examples")
-        if train.device != algo.device:
-            raise ValueError(
-                f"the data is on {train.device} but the algorithm is on {algo.device}; "
-                "load the data and build the algorithm on the same device"
-            )
-        algo.train(False)
-        try:
-            scores = algo.predict(train.x[:2])
-        except RuntimeError as e:
-            raise ValueError(
-                f"the network does not accept the data's inputs of shape {tuple(train.input_shape)}: {e}"
-            ) from e
-        if tuple(scores.shape) != (min(2, len(train)), algo.num_classes):
-            raise ValueError(
-                f"the network gives scores of shape {tuple(scores.shape)}, expected "
-                f"[batch, {algo.num_classes}]"
-            )
-
     # -- the loop ----------------------------------------------------------------------------------------
     def fit(self) -> Result:
-        self._check_inputs()
+        check_fit(self.algo, self.train_split, self.val_split, self.test_split)
         if self.run_dir is not None:
             saved, state = self.run_dir.open(self.config())
             if saved is not None:
                 return Result.from_dict(saved)
             if state is not None:
                 self.load_state_dict(state)
+                self.resumes, self.seconds_lost = self.resumes + 1, self.seconds_lost + state["seconds_lost"]
         for cb in self.callbacks:
             cb.on_fit_start(self)
         while not self.finished:
@@ -271,6 +237,10 @@ class Trainer:
                 "augment": "crop+flip" if self.train_split.augment else "none",
                 "stopping_rule": self.stopping_rule(),
                 "passes_per_epoch": self.algo.passes_per_epoch,
+                # A resumed run trains the epoch a kill cut short again: those seconds (and their joules)
+                # are not in train_seconds.
+                "resumes": self.resumes,
+                "seconds_lost": self.seconds_lost,
             },
         )
         for cb in self.callbacks:
@@ -278,8 +248,9 @@ class Trainer:
         if self.run_dir is not None:
             self.run_dir.write_result(result.to_dict())
         log.info(
-            "%s on %s: test accuracy %.4f, %d epochs, %d data passes, %.1f s", result.algorithm,
-            result.dataset, test_accuracy, self.epoch, self.data_passes, self.train_seconds,
+            "%s on %s: %s accuracy %.4f, %d epochs, %d data passes, %.1f s", result.algorithm, result.dataset,
+            self.run_info.get("test_split", "test"), test_accuracy, self.epoch, self.data_passes,
+            self.train_seconds,
         )  # fmt: skip
         return result
 

@@ -2,6 +2,7 @@
 
 import json
 import os
+import shlex
 import signal
 import subprocess
 import sys
@@ -132,8 +133,7 @@ def test_bad_input_is_a_clear_error_and_writes_nothing(args, message, image_tree
 
 
 def test_unknown_algorithm_lists_the_registry(capsys):
-    with pytest.raises(SystemExit):
-        main(["mnist", "--algo", "no_such_rule"])
+    assert main(["mnist", "--algo", "no_such_rule"]) == 2
     err = capsys.readouterr().err
     assert all(name in err for name in ALGORITHMS)
 
@@ -162,3 +162,91 @@ def test_a_run_is_rerun_from_its_config(image_tree, tmp_path, capsys):
     assert (again["test_accuracy"], again["test_loss"]) == (first["test_accuracy"], first["test_loss"])
     assert main(["train", "--spec", str(tmp_path / "a" / "config.json"), "--epochs", "2"]) == 2
     assert "--spec takes no other run options" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- what a new user and kill -9 found
+
+
+def test_a_file_or_read_only_out_is_a_one_line_error(image_tree, tmp_path, capsys):
+    (tmp_path / "taken").write_text("a file")
+    args = [str(image_tree), "--algo", "backprop", *COMMON, "--cache-dir", str(tmp_path / "cache")]
+    assert main([*args, "--out", str(tmp_path / "taken" / "runs")]) == 2
+    assert "is a file, not a directory" in capsys.readouterr().err
+    if os.geteuid() != 0:  # root writes into read-only directories
+        (tmp_path / "ro").mkdir(mode=0o555)
+        assert main([*args, "--out", str(tmp_path / "ro" / "runs")]) == 2
+        assert "permission denied" in capsys.readouterr().err
+
+
+def test_bad_settings_fail_before_the_data_loads(tmp_path, capsys):
+    """The data set does not exist: the error must be the bad setting's, found first."""
+    for option, message in (
+        ("--epochs=0", "epochs=0"),
+        ("--patience=-1", "patience=-1"),
+        ("--model=mlp:x", "sizes"),
+    ):
+        assert main([str(tmp_path / "no_data"), "--algo", "backprop", option, "--out", str(tmp_path)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "no_data" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_resume_of_a_run_that_does_not_exist_is_refused(image_tree, tmp_path, capsys):
+    args = [str(image_tree), "--algo", "backprop", *COMMON, "--out", str(tmp_path), "--name", "nothing"]
+    assert main([*args, "--resume"]) == 2
+    assert "no run to continue" in capsys.readouterr().err and not (tmp_path / "nothing").exists()
+
+
+def test_an_unknown_country_is_refused(image_tree, tmp_path, capsys):
+    args = [str(image_tree), "--algo", "backprop", *COMMON, "--out", str(tmp_path)]
+    assert main([*args, "--country", "ZZZ"]) == 2
+    assert "--country 'ZZZ' is not an ISO 3166 alpha-3 code" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("command", [[], ["tune", "--trials", "1"], ["compare", "--seeds", "1"]])
+def test_an_unknown_algorithm_is_one_line_naming_the_valid_ones(command, tmp_path, capsys):
+    algo = ["--algos", "bogus"] if "compare" in command else ["--algo", "bogus"]
+    assert main([*command[:1], str(tmp_path), *algo, *command[1:], "--out", str(tmp_path / "o")]) == 2
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    assert "unknown algorithm 'bogus'" in line and all(name in line for name in ALGORITHMS)
+
+
+INTERRUPTER = """
+import os, signal, sys
+from localearn.algorithms import ALGORITHMS
+from localearn.experiments.__main__ import main
+cls = ALGORITHMS["backprop"]
+step, calls = cls.train_step, [0]
+def train_step(self, x, y):
+    calls[0] += 1
+    if calls[0] == 20:
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C, mid-epoch 3
+    return step(self, x, y)
+cls.train_step = train_step
+sys.exit(main(sys.argv[1:]))
+"""
+
+
+def test_ctrl_c_says_in_one_line_how_to_continue_and_that_command_does(image_tree, tmp_path):
+    """One line with the exact command (the run's name included: a used name got a suffix); that command
+    finishes the run, and the result says it was resumed. config.json records a command that can be typed
+    again; leftovers of a write cut short are removed."""
+    args = [str(image_tree), "--algo", "backprop", *COMMON, "--out", str(tmp_path), "--name", "run"]
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "x").write_text("taken")  # so this run is named run-2
+    env = {**os.environ, "LOCALEARN_CACHE": str(tmp_path / "cache")}
+    done = subprocess.run([sys.executable, "-c", INTERRUPTER, *args], env=env, capture_output=True, text=True)
+    assert done.returncode == 130, done.stderr
+    (line,) = [ln for ln in done.stderr.splitlines() if ln.strip()]
+    assert line.startswith("interrupted: continue with python -m localearn.experiments train ")
+    assert line.endswith("--name run-2 --resume") and "Traceback" not in done.stderr
+    run = tmp_path / "run-2"
+    config = json.loads((run / "config.json").read_text())
+    assert config["invocation"]["command"].startswith("python -m localearn.experiments train ")
+    (run / ".checkpoint.pt.killed.tmp").write_bytes(b"half a checkpoint")
+    command = shlex.split(line.removeprefix("interrupted: continue with "))
+    assert command[:3] == ["python", "-m", "localearn.experiments"]
+    again = run_cli(command[3:], tmp_path / "cache")
+    assert again.returncode == 0, again.stderr
+    result = json.loads((run / "result.json").read_text())
+    assert result["resumes"] == 1 and result["seconds_lost"] >= 0 and result["epochs"] == 6
+    assert not list(run.glob(".*.tmp"))

@@ -153,3 +153,20 @@ def test_resume_draws_the_same_tangents(variant, blobs):
     a.train_step(train.x[32:64], train.y[32:64])
     b.train_step(train.x[32:64], train.y[32:64])
     assert torch.equal(a.net[0][1].weight, b.net[0][1].weight)
+
+
+def test_users_see_no_warning_from_inside_torch():
+    """torch.func.jvp's first call warns that torch.jit.script is deprecated (torch's own use of it): a
+    fresh process, every warning shown, sees none of it from a forward-gradient step."""
+    import subprocess
+    import sys
+
+    code = (
+        "import torch, localearn as ll\n"
+        "for variant in ('weight', 'local_activity'):\n"
+        "    algo = ll.make('forward_gradient', ll.models.mlp(4, [4], 2), 2, variant=variant)\n"
+        "    algo.train_step(torch.randn(3, 4), torch.tensor([0, 1, 0]))\n"
+    )
+    done = subprocess.run([sys.executable, "-W", "always", "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "jit.script" not in done.stderr

@@ -143,6 +143,14 @@ def test_report_flags_unfair_protocols(tmp_path):
     assert "Seeds: REPEATED within backprop on mnist" in md
 
 
+def test_a_corrupt_result_is_named(runs_dir, capsys):
+    (runs_dir / "mf-s1" / "result.json").write_text('{"algorithm": "mono_forward", "test_acc')
+    assert main(["report", str(runs_dir)]) == 2
+    err = capsys.readouterr().err
+    assert str(runs_dir / "mf-s1" / "result.json") in err and "not valid JSON" in err
+    assert len(err.strip().splitlines()) == 1
+
+
 def test_report_command_errors(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nothing")]) == 2
     assert "does not exist" in capsys.readouterr().err

@@ -387,3 +387,30 @@ def test_callbacks_do_not_import_the_trainer_at_run_time():
     }
     runtime = [n for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and id(n) not in guarded]
     assert not [n.module for n in runtime if n.module and "trainer" in n.module]
+
+
+def test_a_resumed_run_says_so_and_what_the_kill_cost(blobs, tmp_path):
+    """result.json counts the resumes and the seconds of the epoch a kill cut short (they are trained
+    again and not in train_seconds), read from the progress the checkpointer notes during an epoch."""
+    train, val, test = blobs
+
+    class Interrupt(ll.Callback):
+        def on_epoch_start(self, trainer):
+            if trainer.epoch == 2:
+                raise KeyboardInterrupt
+
+    def fit(resume, callbacks=()):
+        torch.manual_seed(0)
+        algo = make("backprop", ll.models.mlp(20, [8], 4), 4)
+        trainer = ll.Trainer(
+            algo, train, val, test, epochs=3, run_dir=tmp_path / "run", resume=resume, callbacks=callbacks,
+            progress=False,
+        )  # fmt: skip
+        return trainer.fit()
+
+    with pytest.raises(KeyboardInterrupt):
+        fit(False, [Interrupt()])
+    ll.RunDirectory(tmp_path / "run").write_progress(2, 12.5)  # epoch 2 had run 12.5 s when killed
+    result = fit(True)
+    assert result.extra["resumes"] == 1 and result.extra["seconds_lost"] == 12.5
+    assert json.loads((tmp_path / "run" / "result.json").read_text())["seconds_lost"] == 12.5

@@ -241,10 +241,20 @@ def test_a_value_the_user_fixes_is_held_and_left_out_of_the_search(image_tree, t
     assert "fixed hyperparameters {'lr': 0.05}, not {'lr': 0.01}" in capsys.readouterr().err
 
 
+def test_trials_say_what_they_measure_in_one_line(image_tree, tmp_path, caplog):
+    """A trial's final score is on the validation split (no test split enters a study): the log says so,
+    and a stale trial is named by its number, not dumped."""
+    import logging
+
+    with caplog.at_level(logging.INFO):
+        assert main(tune_args(image_tree, tmp_path, trials=1, epochs=1)) == 0
+    text = caplog.text
+    assert "validation accuracy" in text and "test accuracy" not in text and "FrozenTrial" not in text
+
+
 def test_tune_errors(image_tree, tmp_path, capsys):
-    with pytest.raises(SystemExit) as exit_:  # argparse names the valid algorithms
-        main(tune_args(image_tree, tmp_path, "no_such_rule"))
-    assert exit_.value.code == 2
+    assert main(tune_args(image_tree, tmp_path, "no_such_rule")) == 2  # one line naming the valid ones
+    assert "unknown algorithm 'no_such_rule'; valid: backprop" in capsys.readouterr().err
     assert main([*tune_args(image_tree, tmp_path), "--name", "x"]) == 2
     assert "--name is not an option of tune" in capsys.readouterr().err
     assert main(tune_args(image_tree, tmp_path, trials=0)) == 2

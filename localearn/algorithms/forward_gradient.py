@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import warnings
 from typing import Any
 
 import torch
@@ -227,9 +228,15 @@ class ForwardGradient(Algorithm):
 
     def compute_gradients(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """Fill ``.grad`` of every trained parameter with this step's forward-gradient estimate."""
-        if self.config.variant == "weight":
-            return self.weight_gradients(x, y)
-        return self.activity_gradients(x, y)
+        with warnings.catch_warnings():
+            # torch.func.jvp's first call scripts a decomposition inside torch, which warns that
+            # torch.jit.script is deprecated: torch's own business, not the user's.
+            warnings.filterwarnings(
+                "ignore", message="`torch.jit.script` is deprecated", category=FutureWarning
+            )
+            if self.config.variant == "weight":
+                return self.weight_gradients(x, y)
+            return self.activity_gradients(x, y)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         (optimizer,) = self.optimizers

@@ -16,6 +16,7 @@ import argparse
 import dataclasses
 import logging
 import os
+import shlex
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from typing import Any
 from ..algorithms import ALGORITHMS, HyperparameterError
 from ..algorithms.base import OptimizerConfig
 from ..data import DATASETS, DataError
+from ..rundir import check_writable
 from ..trainer import MONITORS, DivergenceError
 from . import compare, report, spec, train, tune
 
@@ -157,9 +159,7 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     p.add_argument("dataset", nargs="?", help=f"{', '.join(DATASETS)}, or a path to an ImageFolder tree")
-    p.add_argument(
-        "--algo", choices=sorted(ALGORITHMS), metavar="NAME", help=f"one of: {', '.join(sorted(ALGORITHMS))}"
-    )
+    p.add_argument("--algo", metavar="NAME", help=f"one of: {', '.join(sorted(ALGORITHMS))}")
     p.add_argument("--spec", metavar="FILE", help="run the spec in FILE (a spec, or a run's config.json)")
     _add_run_options(p, "train")
 
@@ -193,7 +193,7 @@ def build_parser() -> argparse.ArgumentParser:
         allow_abbrev=False,
     )
     p.add_argument("dataset")
-    p.add_argument("--algo", required=True, choices=sorted(ALGORITHMS), metavar="NAME")
+    p.add_argument("--algo", required=True, metavar="NAME", help=f"one of: {', '.join(sorted(ALGORITHMS))}")
     p.add_argument("--trials", type=int, required=True, help="finished trials the study should hold")
     p.add_argument(
         "--storage", help="an Optuna storage URL, or a journal file (default: OUT/tuning/STUDY.journal)"
@@ -224,6 +224,7 @@ def parse(argv: list[str]) -> argparse.Namespace:
         argv = ["train", *argv]
     parser = build_parser()
     args, extras = parser.parse_known_args(argv)
+    args.argv = argv
     if extras:
         refused = SET_BY.get(args.command, {})
         for token in (t for t in extras if t.startswith("-")):
@@ -247,8 +248,11 @@ def parse(argv: list[str]) -> argparse.Namespace:
 
 def run_options(args: argparse.Namespace) -> dict[str, Any]:
     """The run options given on the command line, as spec.resolve's keywords (the grid for CO2 defaults to
-    $LOCALEARN_COUNTRY)."""
+    $LOCALEARN_COUNTRY), and the command line itself, as it can be typed again."""
     given = {k: v for k, v in vars(args).items() if k in RUN_OPTIONS}
+    given["command"] = " ".join(
+        ["python -m localearn.experiments", args.command, *map(shlex.quote, args.argv[1:])]
+    )
     if "LOCALEARN_COUNTRY" in os.environ:
         given.setdefault("country", os.environ["LOCALEARN_COUNTRY"])
     return given
@@ -259,6 +263,7 @@ def dispatch(args: argparse.Namespace) -> int:
     if args.command == "report":
         return report.main(args.runs_dir, baseline=args.baseline, report_dir=args.report_dir)
     options = run_options(args)
+    check_writable(options.get("out", "runs"))
     if args.command == "compare":
         algorithms = [a.strip() for a in args.algos.split(",") if a.strip()]
         root = Path(options.get("out", "runs")) / (args.comparison or f"compare-{Path(args.dataset).name}")
@@ -280,17 +285,52 @@ def dispatch(args: argparse.Namespace) -> int:
         return tune.main(study, quiet=args.quiet)
     if args.spec is not None:
         given = {k for k in vars(args) if k in RUN_OPTIONS}
-        extra = sorted(given - {"progress"}) + (["DATASET"] if args.dataset else [])
+        extra = sorted(given - {"progress", "resume"}) + (["DATASET"] if args.dataset else [])
         if extra or args.algo:
             raise UsageError(f"--spec takes no other run options (got {', '.join(extra or ['--algo'])})")
         loaded = spec.RunSpec.load(args.spec)
-        return train.main(loaded.replace(progress=options.get("progress", loaded.progress)))
+        return train.main(
+            loaded.replace(
+                progress=options.get("progress", loaded.progress),
+                resume=loaded.resume or options.get("resume", False),
+            )
+        )
     if args.dataset is None or args.algo is None:
         raise UsageError("train needs DATASET and --algo NAME (or --spec FILE)")
-    return train.main(spec.resolve(args.dataset, args.algo, **options))
+    run = spec.resolve(args.dataset, args.algo, **options)
+    if run.resume and not (run.run_dir / "config.json").exists():
+        raise UsageError(
+            f"--resume: there is no run to continue in {run.run_dir}; leave out --resume to start it"
+        )
+    return train.main(run)
+
+
+def resume_command(argv: list[str], run_dir: Path) -> str:
+    """The command line that continues the run in ``run_dir``: the same options, its name, --resume."""
+    if "--spec" in argv or any(a.startswith("--spec=") for a in argv):
+        config = shlex.quote(str(run_dir / "config.json"))
+        return f"python -m localearn.experiments train --spec {config} --resume"
+    kept, skip = [], False
+    for a in argv:
+        if skip or a == "--resume" or a.startswith("--name="):
+            skip = False
+            continue
+        skip = a == "--name"
+        if not skip:
+            kept.append(a)
+    return " ".join(
+        [
+            "python -m localearn.experiments",
+            *map(shlex.quote, kept),
+            "--name",
+            shlex.quote(run_dir.name),
+            "--resume",
+        ]
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = None
     try:
         args = parse(sys.argv[1:] if argv is None else argv)
         logging.basicConfig(
@@ -299,9 +339,16 @@ def main(argv: list[str] | None = None) -> int:
             datefmt="%H:%M:%S",
         )
         return dispatch(args)
-    except (DataError, HyperparameterError, KeyError, ValueError, FileExistsError) as e:
+    except (DataError, HyperparameterError, KeyError, ValueError, OSError) as e:
         print(f"error: {e.args[0] if isinstance(e, KeyError) else e}", file=sys.stderr)
         return 2
+    except train.Interrupted as e:  # Ctrl-C during a run: one line, and how to go on
+        print(f"interrupted: continue with {resume_command(args.argv, e.run_dir)}", file=sys.stderr)
+        return 130
+    except KeyboardInterrupt:  # compare and tune continue where they stopped when run again
+        again = f" (python -m localearn.experiments {shlex.join(args.argv)})" if args is not None else ""
+        print(f"interrupted: continue with the same command{again}", file=sys.stderr)
+        return 130
     except DivergenceError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -86,18 +86,26 @@ def load_runs(runs_dir: Path) -> tuple[list[Run], list[Path]]:
         if not (d / "result.json").exists():
             unfinished.append(d)
             continue
-        result = json.loads((d / "result.json").read_text())
+        result = _read_json(d / "result.json")
         if result.get("peak_memory_bytes") is not None:
             result["peak_memory_mib"] = result["peak_memory_bytes"] / 2**20
         metrics_path = d / "metrics.jsonl"
         metrics = (
-            [json.loads(ln) for ln in metrics_path.read_text().splitlines() if ln.strip()]
+            [_read_json(metrics_path, ln) for ln in metrics_path.read_text().splitlines() if ln.strip()]
             if (metrics_path.exists())
             else []
         )
-        runs.append(Run(d, json.loads(config_path.read_text()), result, metrics))
+        runs.append(Run(d, _read_json(config_path), result, metrics))
     _label_runs(runs)
     return runs, unfinished
+
+
+def _read_json(path: Path, text: str | None = None) -> Any:
+    """A run's JSON (or one line of it); a damaged file is named, with where it breaks."""
+    try:
+        return json.loads(path.read_text() if text is None else text)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{path} is not valid JSON ({e}); repair or remove that run directory") from None
 
 
 def _mean_sd(values: list[Any]) -> tuple[float | None, float | None]:

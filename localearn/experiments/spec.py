@@ -19,6 +19,7 @@ and the whole spec is validated before any data is loaded.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 from collections.abc import Sequence
@@ -33,7 +34,7 @@ from . import presets
 
 # The fields that say where a run reads, writes and how it shows itself: a run resumed with other values
 # for these computes the same thing, so config.json keeps them apart ("invocation") and resume ignores them.
-INVOCATION = ("data_dir", "cache_dir", "out", "name", "resume", "progress", "sources")
+INVOCATION = ("data_dir", "cache_dir", "out", "name", "resume", "progress", "sources", "command")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,6 +61,7 @@ class RunSpec:
     resume: bool
     progress: bool
     sources: dict[str, str]  # which layer set each hyperparameter and run setting
+    command: str = ""  # the command line that asked for the run, as it can be typed again
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -67,6 +69,7 @@ class RunSpec:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunSpec:
         fields = {f.name for f in dataclasses.fields(cls)}
+        d = {"command": "", **d}  # specs written before the command was recorded
         if set(d) != fields:
             raise ValueError(
                 f"not a run spec: missing {sorted(fields - set(d))}, unexpected {sorted(set(d) - fields)}"
@@ -129,7 +132,23 @@ class RunSpec:
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction={self.val_fraction!r} must lie in [0, 1)")
         resolve_device(self.device)
+        countries = known_countries() if self.energy else None
+        if countries is not None and self.country not in countries:
+            raise ValueError(
+                f"--country {self.country!r} is not an ISO 3166 alpha-3 code CodeCarbon has grid data for "
+                f"(e.g. USA, FRA, DEU, GBR, JPN; {len(countries)} in all)"
+            )
         return self
+
+
+@functools.cache
+def known_countries() -> frozenset[str] | None:
+    """The countries CodeCarbon's bundled tables can turn joules into CO2 for; None without CodeCarbon."""
+    try:
+        from codecarbon.input import DataSource
+    except ImportError:
+        return None
+    return frozenset(DataSource().get_global_energy_mix_data())
 
 
 def parse_hparams(algorithm: str, items: Sequence[str]) -> dict[str, Any]:
@@ -201,6 +220,7 @@ def resolve(
     min_delta: float = 0.0,
     monitor: str = "val_accuracy",
     val_fraction: float = 0.1,
+    command: str = "",
     **flags: Any,
 ) -> RunSpec:
     """The RunSpec of one run. ``flags`` are the command line's run settings and ``lr`` (None: not given);
@@ -266,6 +286,7 @@ def resolve(
         resume=resume,
         progress=progress,
         sources=sources,
+        command=command,
     ).validated()
 
 

@@ -73,13 +73,22 @@ def next_free(run_dir: Path) -> Path:
     return run_dir.with_name(f"{run_dir.name}-{n}")
 
 
+class Interrupted(Exception):
+    """Ctrl-C during a run; ``run_dir`` holds what it had saved, to be continued with --resume."""
+
+    def __init__(self, run_dir: Path) -> None:
+        super().__init__(f"interrupted: {run_dir}")
+        self.run_dir = run_dir
+
+
 def run(spec: RunSpec) -> tuple[Result, Path]:
     """Train the run ``spec`` describes; its directory is spec.out/spec.name (with --resume) or the next
-    free name beside it."""
+    free name beside it, which the spec in config.json then names."""
     device = resolve_device(spec.device)
     train, val, test = load_splits(spec, device)
     algo = build_algorithm(spec, train, device)
     run_dir = spec.run_dir if spec.resume else next_free(spec.run_dir)
+    spec = spec.replace(name=run_dir.name)
     meter = EnergyMeter(device, country_iso_code=spec.country) if spec.energy else None
     try:
         trainer = Trainer(
@@ -100,6 +109,8 @@ def run(spec: RunSpec) -> tuple[Result, Path]:
             },
         )
         result = trainer.fit()
+    except KeyboardInterrupt:
+        raise Interrupted(run_dir) from None
     finally:
         if meter:
             meter.close()

@@ -138,6 +138,7 @@ def work(spec: TuneSpec, study: Any, n_trials: int) -> None:
             val,  # the Trainer scores a "test" split at the end: here the validation set again
             **trainer_options(run),
             progress=False,
+            run_info={"test_split": "validation"},  # a trial's final score is on validation: no test split
             callbacks=[MemoryCallback(), *([EnergyCallback(meter)] if meter else []), *callbacks],
         )
 
