@@ -42,8 +42,15 @@ sys.exit(main(sys.argv[3:]))
 """
 
 
+def cli_env(cache):
+    """The child's environment: its own decoded-image cache, and one thread, so that two processes
+    compute bit for bit the same thing (a multi-threaded BLAS need not: once in a CI run, two fresh
+    processes of one command differed in the seventh digit of a loss before any resume)."""
+    return {**os.environ, "LOCALEARN_CACHE": str(cache), "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
 def run_cli(args, cache):
-    env = {**os.environ, "LOCALEARN_CACHE": str(cache)}
+    env = cli_env(cache)
     return subprocess.run(
         [sys.executable, "-m", "localearn.experiments", *args],
         env=env,
@@ -74,7 +81,7 @@ def test_resume_after_sigkill_gives_the_same_result(algo, extra, image_tree, tmp
     # 120 training images / batch 16 = 8 steps per epoch: step 29 is mid-epoch 4.
     killed = subprocess.run(
         [sys.executable, "-c", KILLER, algo, "29", *args, "--out", str(tmp_path / "b")],
-        env={**os.environ, "LOCALEARN_CACHE": str(tmp_path / "cache")},
+        env=cli_env(tmp_path / "cache"),
         capture_output=True,
         text=True,
         timeout=300,
@@ -233,7 +240,7 @@ def test_ctrl_c_says_in_one_line_how_to_continue_and_that_command_does(image_tre
     args = [str(image_tree), "--algo", "backprop", *COMMON, "--out", str(tmp_path), "--name", "run"]
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "x").write_text("taken")  # so this run is named run-2
-    env = {**os.environ, "LOCALEARN_CACHE": str(tmp_path / "cache")}
+    env = cli_env(tmp_path / "cache")
     done = subprocess.run([sys.executable, "-c", INTERRUPTER, *args], env=env, capture_output=True, text=True)
     assert done.returncode == 130, done.stderr
     (line,) = [ln for ln in done.stderr.splitlines() if ln.strip()]
