@@ -110,24 +110,28 @@ def test_the_pruner_stops_a_bad_configuration(blobs):
     )
 
 
-def test_a_killed_worker_loses_only_its_running_trial(image_tree, tmp_path):
-    """SIGKILL in the third trial: the two finished trials stay as they were, the running one is marked
-    failed by the next command, which then finishes the study."""
-    killer = (
+def kill_in_fit(call):
+    """A script that runs the command line and kills itself with SIGKILL in the call-th Trainer.fit."""
+    return (
         "import os, signal, sys\n"
         "from localearn.experiments.__main__ import main\n"
         "from localearn.trainer import Trainer\n"
         "fit, calls = Trainer.fit, [0]\n"
         "def fit_or_die(self):\n"
         "    calls[0] += 1\n"
-        "    if calls[0] == 3:\n"
+        f"    if calls[0] == {call}:\n"
         "        os.kill(os.getpid(), signal.SIGKILL)\n"
         "    return fit(self)\n"
         "Trainer.fit = fit_or_die\n"
         "sys.exit(main(sys.argv[1:]))\n"
     )
+
+
+def test_a_killed_worker_loses_only_its_running_trial(image_tree, tmp_path):
+    """SIGKILL in the third trial: the two finished trials stay as they were, the running one is marked
+    failed by the next command, which then finishes the study."""
     args = tune_args(image_tree, tmp_path, trials=4)
-    done = subprocess.run([sys.executable, "-c", killer, *args])
+    done = subprocess.run([sys.executable, "-c", kill_in_fit(3), *args])
     assert done.returncode == -signal.SIGKILL
     trials = trials_of(tmp_path)
     assert [t.state for t in trials] == [COMPLETE, COMPLETE, RUNNING]
@@ -139,21 +143,6 @@ def test_a_killed_worker_loses_only_its_running_trial(image_tree, tmp_path):
     assert sum(t.state != FAIL for t in trials) == 4 and len(trials) == 5
 
 
-KILL_IN_SECOND_FIT = (
-    "import os, signal, sys\n"
-    "from localearn.experiments.__main__ import main\n"
-    "from localearn.trainer import Trainer\n"
-    "fit, calls = Trainer.fit, [0]\n"
-    "def fit_or_die(self):\n"
-    "    calls[0] += 1\n"
-    "    if calls[0] == 2:\n"
-    "        os.kill(os.getpid(), signal.SIGKILL)\n"
-    "    return fit(self)\n"
-    "Trainer.fit = fit_or_die\n"
-    "sys.exit(main(sys.argv[1:]))\n"
-)
-
-
 def test_a_continued_study_never_repeats_a_finished_trial(image_tree, tmp_path):
     """Extended twice (once by two workers), killed with kill -9 and resumed: every finished trial has
     parameters of its own. A sampler seeded from the name alone replays its first suggestions."""
@@ -161,7 +150,7 @@ def test_a_continued_study_never_repeats_a_finished_trial(image_tree, tmp_path):
     assert main(tune_args(image_tree, tmp_path, trials=4, epochs=1)) == 0
     assert main(tune_args(image_tree, tmp_path, trials=6, epochs=1, extra=["--workers", "2"])) == 0
     killed = subprocess.run(
-        [sys.executable, "-c", KILL_IN_SECOND_FIT, *tune_args(image_tree, tmp_path, trials=8, epochs=1)]
+        [sys.executable, "-c", kill_in_fit(2), *tune_args(image_tree, tmp_path, trials=8, epochs=1)]
     )
     assert killed.returncode == -signal.SIGKILL
     assert main(tune_args(image_tree, tmp_path, trials=8, epochs=1)) == 0
