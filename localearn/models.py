@@ -91,10 +91,15 @@ class ModelKind:
     sizes_help: str  # how the sizes read, for error messages
 
 
+def activation_of(options: Sequence[str]) -> str:
+    """The activation a spec's options name (relu where none does)."""
+    return next((o for o in options if o in ACTIVATIONS), "relu")
+
+
 def _mlp_from_spec(
     input_shape: Sequence[int], num_classes: int, sizes: list[int], options: list[str]
 ) -> nn.Module:
-    activation = next((o for o in options if o in ACTIVATIONS), "relu")
+    activation = activation_of(options)
     return mlp(
         math.prod(input_shape), sizes, num_classes, activation=activation, bias="nobias" not in options
     )
@@ -105,7 +110,7 @@ def _cnn_from_spec(
 ) -> nn.Module:
     if len(input_shape) != 3 or input_shape[1] != input_shape[2]:
         raise ValueError(f"cnn needs square images [C, H, H]; the data has input shape {tuple(input_shape)}")
-    activation = next((o for o in options if o in ACTIVATIONS), "relu")
+    activation = activation_of(options)
     return cnn(input_shape[0], num_classes, sizes, image_size=input_shape[1], activation=activation)
 
 

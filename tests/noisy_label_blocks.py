@@ -67,7 +67,7 @@ class NoisyLabelBlocks(Algorithm):
         kind, sizes, options = models.parse_spec(model)
         if kind != "mlp":
             raise ValueError(f"noisy_label_blocks needs an mlp:H1,... spec for its blocks; got {model!r}")
-        activation = next((o for o in options if o in models.ACTIVATIONS), "relu")
+        activation = models.activation_of(options)
         hidden = sizes or list(models.MODEL_KINDS["mlp"].default_sizes)
         return LabelBlocks(math.prod(input_shape), num_classes, hidden, config.blocks, activation)
 

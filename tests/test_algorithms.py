@@ -4,6 +4,7 @@ The registry includes the test rule ``noisy_label_blocks`` (tests/noisy_label_bl
 plugin in conftest.py), which builds its own blocks and trains one block per pass over the data.
 """
 
+import contextlib
 import copy
 
 import pytest
@@ -65,12 +66,21 @@ def sgd_rule(name, hp, net=None):
     return make(name, net, 3, input_shape=(6,), lr=0.1, optimizer="sgd", momentum=0.0, **hp)
 
 
-def group_updates(name, hp, x, y, perturb):
-    """(locality, the update of every parameter of each local group) on one batch, after ``perturb``
-    changed the network's parameters in group PERTURBED (a fresh rule each time)."""
+@contextlib.contextmanager
+def float64():
+    """Float64 by default inside, so that "the same update" can be asserted to rounding error."""
     default = torch.get_default_dtype()
     torch.set_default_dtype(torch.float64)
     try:
+        yield
+    finally:
+        torch.set_default_dtype(default)
+
+
+def group_updates(name, hp, x, y, perturb):
+    """(locality, the update of every parameter of each local group) on one batch, after ``perturb``
+    changed the network's parameters in group PERTURBED (a fresh rule each time)."""
+    with float64():
         algo = sgd_rule(name, hp)
         groups = list(algo.parameter_groups().local.values())
         assert len(groups) > PERTURBED, f"{name}'s example network needs at least {PERTURBED + 1} groups"
@@ -85,8 +95,6 @@ def group_updates(name, hp, x, y, perturb):
         return algo.locality, [
             [p.detach() - b for p, b in zip(g, gb, strict=True)] for g, gb in zip(groups, before, strict=True)
         ]
-    finally:
-        torch.set_default_dtype(default)
 
 
 def batch(n=8):
@@ -126,9 +134,7 @@ def test_no_weight_transport(name, hp):
     x, y = batch()
 
     def updates(perturb):
-        default = torch.get_default_dtype()
-        torch.set_default_dtype(torch.float64)
-        try:
+        with float64():
             torch.manual_seed(0)
             net = ALGORITHMS[name].example_network((6,), 3)
             if perturb:
@@ -144,8 +150,6 @@ def test_no_weight_transport(name, hp):
             before = copy.deepcopy(net.state_dict())
             one_update(algo, x, y)
             return algo.locality, {k: net.state_dict()[k] - before[k] for k in before}
-        finally:
-            torch.set_default_dtype(default)
 
     locality, plain = updates(False)
     _, perturbed = updates(True)

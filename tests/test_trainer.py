@@ -291,6 +291,17 @@ def test_learning_rate_schedules(schedule, extra, expected):
         assert algo.optimizers[0].param_groups[0]["lr"] == pytest.approx(0.1)
 
 
+class InterruptAt(ll.Callback):
+    """Ctrl-C as epoch ``epoch`` starts: the run stops after the checkpoint of the epoch before."""
+
+    def __init__(self, epoch):
+        self.epoch = epoch
+
+    def on_epoch_start(self, trainer):
+        if trainer.epoch == self.epoch:
+            raise KeyboardInterrupt
+
+
 def test_the_trainer_drives_the_schedule_and_resume_keeps_it(blobs, tmp_path):
     """Per step over the epoch cap; a run resumed from its checkpoint continues the same schedule."""
     train, val, test = blobs
@@ -300,14 +311,9 @@ def test_the_trainer_drives_the_schedule_and_resume_keeps_it(blobs, tmp_path):
         algo = make("backprop", ll.models.mlp(20, [8], 4), 4, lr=0.1, lr_schedule="cosine")
         lrs = Record(lambda algo: algo.optimizers[0].param_groups[0]["lr"])
 
-        class Interrupt(ll.Callback):
-            def on_epoch_start(self, trainer):
-                if trainer.epoch == stop_after:
-                    raise KeyboardInterrupt
-
         trainer = ll.Trainer(
             algo, train, val, test, epochs=3, patience=None, run_dir=run_dir, resume=resume,
-            callbacks=[lrs, Interrupt()], progress=False,
+            callbacks=[lrs, InterruptAt(stop_after)], progress=False,
         )  # fmt: skip
         try:
             trainer.fit()
@@ -394,11 +400,6 @@ def test_a_resumed_run_says_so_and_what_the_kill_cost(blobs, tmp_path):
     again and not in train_seconds), read from the progress the checkpointer notes during an epoch."""
     train, val, test = blobs
 
-    class Interrupt(ll.Callback):
-        def on_epoch_start(self, trainer):
-            if trainer.epoch == 2:
-                raise KeyboardInterrupt
-
     def fit(resume, callbacks=()):
         torch.manual_seed(0)
         algo = make("backprop", ll.models.mlp(20, [8], 4), 4)
@@ -409,7 +410,7 @@ def test_a_resumed_run_says_so_and_what_the_kill_cost(blobs, tmp_path):
         return trainer.fit()
 
     with pytest.raises(KeyboardInterrupt):
-        fit(False, [Interrupt()])
+        fit(False, [InterruptAt(2)])
     ll.RunDirectory(tmp_path / "run").write_progress(2, 12.5)  # epoch 2 had run 12.5 s when killed
     result = fit(True)
     assert result.extra["resumes"] == 1 and result.extra["seconds_lost"] == 12.5

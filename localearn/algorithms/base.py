@@ -267,9 +267,20 @@ class Algorithm:
         """Hyperparameters for one Optuna trial, given the run's other settings (``config``, the resolved
         Config). The default tunes the learning rate on the optimizer's scale and the weight decay."""
         return {
-            "lr": trial.suggest_float("lr", *LR_RANGES[config.optimizer], log=True),
+            "lr": trial.suggest_float("lr", *cls.lr_range(config), log=True),
             "weight_decay": trial.suggest_float("weight_decay", 1e-7, 1e-3, log=True),
         }
+
+    @classmethod
+    def lr_range(cls, config: Any) -> tuple[float, float]:
+        """The learning rates tuning searches: adaptive optimizers share one scale (LR_RANGES), plain SGD's
+        is the rule's own (``sgd_lr_range``)."""
+        return cls.sgd_lr_range(config) if config.optimizer == "sgd" else LR_RANGES[config.optimizer]
+
+    @classmethod
+    def sgd_lr_range(cls, config: Any) -> tuple[float, float]:
+        """Plain SGD's learning rates for tuning; a rule overrides this with its paper's grid."""
+        return LR_RANGES["sgd"]
 
     def parameter_groups(self) -> ParameterGroups:
         """Default for stacked rules: one group per unit (child) of the network, from the input up."""

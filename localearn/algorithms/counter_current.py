@@ -50,7 +50,6 @@ from torch import nn
 
 from ..models import ACTIVATIONS
 from .base import (
-    LR_RANGES,
     Algorithm,
     OptimizerConfig,
     ParameterGroups,
@@ -136,8 +135,7 @@ class CounterCurrent(Algorithm):
             raise ValueError("counter_current needs at least one hidden unit before the head")
         self.hidden_units, self.head = units[:-1], units[-1]
         # The input shape sizes the lowest feedback unit; unit_output_shapes explains when it is missing.
-        shapes = unit_output_shapes(units, self.input_shape, num_classes, self.name)
-        shapes = [self.input_shape, *shapes]
+        shapes = [self.input_shape, *unit_output_shapes(units, self.input_shape, num_classes, self.name)]
         c = self.config
         # feedback[l] is g_{l+1}: from unit l+1's output shape back to its input shape (l = 0..L-1). The
         # lowest, whose output b_0 is paired with the input x, has no activation (x may be negative).
@@ -155,13 +153,17 @@ class CounterCurrent(Algorithm):
 
     @classmethod
     def search_space(cls, trial: Any, config: Any) -> dict[str, Any]:
-        # SGD: the paper's own grid (App. 6.1) is lr 0.2-2 with clip 0.5 or 1 (research notes, section 1c);
-        # the range reaches down to 0.005 for convolutional networks, which learn at 0.01 here (the presets).
-        low, high = (0.005, 2.0) if config.optimizer == "sgd" else LR_RANGES[config.optimizer]
+        # The paper's own grid (App. 6.1): clip 0.5 or 1, with the learning rate of sgd_lr_range.
         return {
-            "lr": trial.suggest_float("lr", low, high, log=True),
+            "lr": trial.suggest_float("lr", *cls.lr_range(config), log=True),
             "clip": trial.suggest_categorical("clip", [0.5, 1.0]),
         }
+
+    @classmethod
+    def sgd_lr_range(cls, config: Any) -> tuple[float, float]:
+        # The paper's grid is lr 0.2-2 (research notes, section 1c); the range reaches down to 0.005 for
+        # convolutional networks, which learn at 0.01 here (the presets).
+        return 0.005, 2.0
 
     def parameter_groups(self) -> ParameterGroups:
         """Pair l trains forward unit l and feedback unit l+1; the input pair trains feedback unit 1 alone,

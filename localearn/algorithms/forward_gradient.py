@@ -50,7 +50,6 @@ from torch import nn
 from torch.func import functional_call, jvp, vmap
 
 from .base import (
-    LR_RANGES,
     Algorithm,
     HyperparameterError,
     OptimizerConfig,
@@ -135,18 +134,11 @@ class ForwardGradient(Algorithm):
         self.optimizers = [self.make_optimizer([*self.net.parameters(), *self.readouts.parameters()])]
 
     @classmethod
-    def search_space(cls, trial: Any, config: Any) -> dict[str, Any]:
+    def sgd_lr_range(cls, config: Any) -> tuple[float, float]:
         # The weight variant's estimate grows with the parameter count, so its SGD steps are tiny (the
         # orobix port: 2e-4 to 5e-4 at batch 1024; 3e-5 diverged here at batch 128); local_activity with
-        # SGD is Ren et al.'s scale (0.05-0.1). Adaptive optimizers: the usual range.
-        if config.optimizer != "sgd":
-            low, high = LR_RANGES[config.optimizer]
-        else:
-            low, high = (1e-6, 1e-3) if config.variant == "weight" else (1e-3, 0.3)
-        return {
-            "lr": trial.suggest_float("lr", low, high, log=True),
-            "weight_decay": trial.suggest_float("weight_decay", 1e-7, 1e-3, log=True),
-        }
+        # SGD is Ren et al.'s scale (0.05-0.1).
+        return (1e-6, 1e-3) if config.variant == "weight" else (1e-3, 0.3)
 
     def parameter_groups(self) -> ParameterGroups:
         if self.config.variant == "weight":

@@ -105,7 +105,7 @@ class RunSpec:
 
     @property
     def dataset_label(self) -> str:
-        return Path(self.dataset).name if Path(self.dataset).is_dir() else self.dataset
+        return dataset_label(self.dataset)
 
     @property
     def run_dir(self) -> Path:
@@ -236,18 +236,17 @@ def resolve(
         where = best_params_path(out, dataset, algorithm) if params == "best" else Path(params)
         hint = f" (run: python -m localearn.experiments tune {dataset} --algo {algorithm} ...)"
         tuned = tuned_params(where, algorithm, hint if params == "best" else "")
-    from_flags = {k: flags.pop(k) for k in ("lr",) if k in flags}  # the one hyperparameter with a flag
 
     # Layers 1-4 and the choices that key layer 5 (a choice's final value, from any layer above 4).
     defaults = {f: v.default for f, v in hyperparameter_fields(algorithm).items()}
-    label = Path(dataset).name if Path(dataset).is_dir() else dataset
+    label = dataset_label(dataset)
     layers: list[tuple[str, dict[str, Any]]] = [
         ("default", defaults),
         ("dataset", presets.dataset_preset(label)),
     ]
     if cls.default_model is not None:
         layers.append(("rule", {"model": cls.default_model}))
-    upper = [("params", tuned), ("flag", {**from_flags, **flags}), ("hp", from_hp)]
+    upper = [("params", tuned), ("flag", flags), ("hp", from_hp)]
     base = presets.algorithm_layers(algorithm, label, {})
     choices = {}
     for _, layer in [*layers, *base, *upper]:
@@ -261,8 +260,9 @@ def resolve(
     for source, layer in layers:
         for key, value in layer.items():
             values[key], sources[key] = value, source
-    model_like = next((layer["model"] for _, layer in reversed(layers[:-2]) if "model" in layer), None)
-    model = models.canonical_spec(values["model"], like=model_like)
+    # A bare kind on the command line (--model mlp) takes the sizes of the model the presets give.
+    preset = [layer["model"] for source, layer in layers if source not in ("flag", "hp") and "model" in layer]
+    model = models.canonical_spec(values["model"], like=preset[-1] if preset else None)
     return RunSpec(
         dataset=dataset,
         algorithm=algorithm,
@@ -288,6 +288,11 @@ def resolve(
         sources=sources,
         command=command,
     ).validated()
+
+
+def dataset_label(dataset: str) -> str:
+    """A dataset's name in run names and presets: a named dataset as is, an ImageFolder tree by its folder."""
+    return Path(dataset).name if Path(dataset).is_dir() else dataset
 
 
 def default_name(dataset_label: str, algorithm: str, model: str, seed: int) -> str:
