@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Accuracy against the papers (issue 2): Mono-Forward and backprop on the presets' networks, CPU.
-# Usage: LOCALEARN_DATA=../shared/data bash benchmarks/accuracy.sh [mnist|cifar10|ff|dfa|fg|ccl|all] > benchmarks/out/accuracy.log
+# Usage: LOCALEARN_DATA=../shared/data bash benchmarks/accuracy.sh [mnist|cifar10|ff|dfa|fg|ccl|noprop_dt|noprop_bp|noprop_ct|all] > benchmarks/out/accuracy.log
 # Every run goes through the command line, so the figures are the ones a user gets.
 set -euo pipefail
 which=${1:-all}
@@ -57,4 +57,21 @@ if [[ $which == ccl || $which == all ]]; then
     --name cifar10-counter_current-mlp1024x1024x1024-elu-nobias-lr0.5-clip0.5-s0
   run cifar10 --algo backprop --seed 0 --model mlp:1024,1024,1024:elu:nobias --batch-size 256 --no-augment \
     --epochs "${CIFAR_CCL_EPOCHS:-60}"
+fi
+# NoProp (issue 13) on MNIST with its presets (T = 10 blocks of the paper's block, eta 0.1, AdamW 1e-3 / wd
+# 1e-3, batch 128, prototype embeddings, no augmentation). One DT epoch is 10 passes over the data (about 9
+# minutes on 2 CPU cores), so the CPU runs stop at a small epoch cap; the paper ran 100 epochs.
+if [[ $which == noprop_dt || $which == all ]]; then
+  run mnist --algo noprop --seed 0 --epochs "${NOPROP_EPOCHS:-5}"
+fi
+if [[ $which == noprop_bp || $which == all ]]; then
+  # The structure-matched baseline: the same 10 blocks chained as in inference, trained end to end by
+  # backprop (preset model=noprop: AdamW 1e-3 / wd 1e-3), under the same epoch cap and stopping rule.
+  run mnist --algo backprop --model noprop --seed 0 --epochs "${NOPROP_EPOCHS:-5}"
+fi
+if [[ $which == noprop_ct || $which == all ]]; then
+  # NoProp-CT (preset variant=ct: Adam 1e-3, eta 1); 20 inference steps instead of the paper's 1000, since
+  # every validation runs the whole chain (1000 steps would take about 15 minutes per epoch here).
+  run mnist --algo noprop --seed 0 --hp variant=ct --hp steps=20 --epochs "${NOPROP_CT_EPOCHS:-15}" \
+    --name mnist-noprop_ct-noprop256-s0
 fi

@@ -2,6 +2,7 @@
 
     fit
      |- check inputs (shapes, classes, devices)            nothing is written before this passes
+     |- algo.prepare(train)                                data-dependent initialisation
      |- run directory: write config.json, or resume from checkpoint.pt (rundir.py does the files)
      |- on_fit_start(trainer)
      |- for each epoch:
@@ -203,6 +204,7 @@ class Trainer:
     # -- the loop ----------------------------------------------------------------------------------------
     def fit(self) -> Result:
         check_fit(self.algo, self.train_split, self.val_split, self.test_split)
+        self.algo.prepare(self.train_split)  # before a resume, whose saved state then replaces it
         if self.run_dir is not None:
             saved, state = self.run_dir.open(self.config())
             if saved is not None:

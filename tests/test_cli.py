@@ -25,7 +25,8 @@ COMMON = [
     "-q",
 ]
 
-# Run the command line in a child that kills itself with SIGKILL on the Nth training step (mid-epoch).
+# Run the command line in a child that kills itself with SIGKILL on the Nth training step of a pass over the
+# data, counted as if each epoch were one pass (a rule whose epoch is P passes dies P times later).
 KILLER = """
 import os, signal, sys
 from localearn.algorithms import ALGORITHMS
@@ -34,7 +35,8 @@ cls = ALGORITHMS[sys.argv[1]]
 step, calls = cls.train_step, [0]
 def train_step(self, x, y):
     calls[0] += 1
-    if calls[0] == int(sys.argv[2]):
+    passes, n = self.passes_per_epoch, int(sys.argv[2])
+    if calls[0] == (n // 8) * 8 * passes + n % 8:
         os.kill(os.getpid(), signal.SIGKILL)
     return step(self, x, y)
 cls.train_step = train_step
@@ -78,7 +80,7 @@ def test_resume_after_sigkill_gives_the_same_result(algo, extra, image_tree, tmp
     args = [str(image_tree), "--algo", algo, *COMMON, *extra, "--name", "run"]
     done = run_cli([*args, "--out", str(tmp_path / "a")], tmp_path / "cache")
     assert done.returncode == 0, done.stderr
-    # 120 training images / batch 16 = 8 steps per epoch: step 29 is mid-epoch 4.
+    # 120 training images / batch 16 = 8 steps per pass: step 29 is mid-epoch 4.
     killed = subprocess.run(
         [sys.executable, "-c", KILLER, algo, "29", *args, "--out", str(tmp_path / "b")],
         env=cli_env(tmp_path / "cache"),

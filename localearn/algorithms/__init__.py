@@ -23,6 +23,7 @@ from .dfa import DFA
 from .forward_forward import ForwardForward
 from .forward_gradient import ForwardGradient
 from .mono_forward import MonoForward
+from .noprop import NoProp
 
 ALGORITHMS: dict[str, type[Algorithm]] = {}
 
@@ -37,7 +38,7 @@ def register(cls: type[Algorithm]) -> type[Algorithm]:
     return cls
 
 
-for _cls in (Backprop, CounterCurrent, DFA, ForwardForward, ForwardGradient, MonoForward):
+for _cls in (Backprop, CounterCurrent, DFA, ForwardForward, ForwardGradient, MonoForward, NoProp):
     register(_cls)
 for _module in filter(None, (m.strip() for m in os.environ.get("LOCALEARN_PLUGINS", "").split(","))):
     importlib.import_module(_module)

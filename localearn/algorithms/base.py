@@ -9,6 +9,7 @@ Trainer only calls:
     enter(stage, data_pass)                   before every pass over the training data (see below)
     set_progress(fraction)                    before every step: the learning-rate schedule follows it
     begin_evaluation()                        before every evaluation: the evaluation noise restarts
+    prepare(train)                            once, before training: data-dependent initialisation
 
 and two classmethods: ``build_network(model, input_shape, num_classes, config)`` (the module the rule
 trains; default: ``models.from_spec``) and ``search_space(trial, config)`` (Optuna).
@@ -41,6 +42,7 @@ import torch
 from torch import nn
 
 from .. import models
+from ..splits import DataSplit
 
 
 class HyperparameterError(ValueError):
@@ -302,6 +304,11 @@ class Algorithm:
             self.net.zero_grad(set_to_none=True)  # what froze keeps no stale gradient
             self.optimizers = self.optimizers_for_stage(self.stage)
         self.data_pass = data_pass
+
+    def prepare(self, train: DataSplit) -> None:
+        """Before the first step, with the training split: initialisation that depends on the data (NoProp's
+        class-mean label prototypes). The Trainer calls it before it resumes, so a saved state wins. Default:
+        nothing."""
 
     def optimizers_for_stage(self, stage: int) -> list[torch.optim.Optimizer]:
         """Staged rules: the optimizers of what trains in ``stage``."""

@@ -43,6 +43,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     "backprop": {
         **_each(MNIST_LIKE, {"lr": 1e-3}),
         **_each(CIFAR, {"lr": 1e-4}),
+        # The NoProp chain (--model noprop) trained end to end: NoProp's structure-matched baseline, with
+        # NoProp-DT's optimizer and no augmentation, as the paper compares them.
+        "model=noprop": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-3, "augment": False},
     },
     # Spyra (2025) tuned Mono-Forward's Adam learning rate per dataset.
     "mono_forward": {
@@ -90,6 +93,14 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                 "clip": 0.5,
             },
         ),
+    },
+    # The paper's settings (research notes, section 4): DT with T = 10, eta 0.1, AdamW 1e-3 / wd 1e-3, batch
+    # 128, no augmentation, 100 epochs on MNIST and 150 on CIFAR, prototype embeddings (its best column).
+    # CT: Adam, eta 1, 1000 inference steps (its MNIST epochs; the paper ran CIFAR-10 500 and CIFAR-100 1000).
+    "noprop": {
+        **_each(MNIST_LIKE, {"embedding": "prototype"}),
+        **_each(CIFAR, {"embedding": "prototype", "epochs": 150, "augment": False}),
+        "variant=ct": {"optimizer": "adam", "eta": 1.0, "steps": 1000},
     },
 }
 
