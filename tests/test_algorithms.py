@@ -20,6 +20,9 @@ QUICK = {
     "forward_forward": {"lr": 1e-2},
     "dfa": {"lr": 3e-3},
     "forward_gradient": {"lr": 1e-2, "num_tangents": 8},  # FG-W's estimate is noisy: average 8 tangents
+    # The MLP spec's two hidden sizes are two residual layers; pass b trains block b, so that one step per
+    # pass moves every block (the paper's random draw is tested in test_diffusion_blocks.py).
+    "diffusion_blocks": {"blocks": 2, "order": "cyclic"},
 }
 
 
@@ -51,7 +54,10 @@ def test_train_step_and_predict_shapes(name, blobs):
 # Every registered rule with its defaults, plus the variants whose locality differs from the default's.
 # Counter-current learning clips each network's gradient norm as its reference code does, which couples the
 # units by one scalar; locality is about where gradients flow, so these tests turn clipping off.
-LOCALITY_HP = {"counter_current": {"clip": 0.0}}
+# DiffusionBlocks draws a block per batch, so within one_update a later block may train first and move the
+# shared parts (stem, head) that an earlier block then reads: blocks couple through the shared parts' history,
+# not through any gradient. The cyclic order (pass b trains block b) keeps that history the same.
+LOCALITY_HP = {"counter_current": {"clip": 0.0}, "diffusion_blocks": {"order": "cyclic"}}
 CASES = [(name, LOCALITY_HP.get(name, {})) for name in ALL] + [
     ("forward_gradient", {"variant": "local_activity"})
 ]

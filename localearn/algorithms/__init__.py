@@ -20,6 +20,7 @@ from .backprop import Backprop
 from .base import Algorithm, HyperparameterError, ParameterGroups
 from .counter_current import CounterCurrent
 from .dfa import DFA
+from .diffusion_blocks import DiffusionBlocks
 from .forward_forward import ForwardForward
 from .forward_gradient import ForwardGradient
 from .mono_forward import MonoForward
@@ -38,7 +39,16 @@ def register(cls: type[Algorithm]) -> type[Algorithm]:
     return cls
 
 
-for _cls in (Backprop, CounterCurrent, DFA, ForwardForward, ForwardGradient, MonoForward, NoProp):
+for _cls in (
+    Backprop,
+    CounterCurrent,
+    DFA,
+    DiffusionBlocks,
+    ForwardForward,
+    ForwardGradient,
+    MonoForward,
+    NoProp,
+):
     register(_cls)
 for _module in filter(None, (m.strip() for m in os.environ.get("LOCALEARN_PLUGINS", "").split(","))):
     importlib.import_module(_module)

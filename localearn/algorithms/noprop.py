@@ -237,7 +237,6 @@ class NoPropNetwork(nn.Module):
         check_choice("variant", variant, VARIANTS)
         check_choice("embedding", embedding, EMBEDDINGS)
         self.variant, self.steps, self.embedding_kind = variant, steps, embedding
-        self.num_classes = num_classes
         dim = {"onehot": num_classes, "learned": embedding_dim, "prototype": math.prod(input_shape)}[
             embedding
         ]
@@ -266,10 +265,6 @@ class NoPropNetwork(nn.Module):
         """The block's estimate of the clean embedding: softmax(logits) @ W_embed."""
         logits = self.blocks[block](x, z) if t is None else self.blocks[block](x, z, time_features(t))
         return logits.softmax(1) @ self.embedding
-
-    def alpha_bar_at(self, t: torch.Tensor) -> torch.Tensor:
-        """alpha_bar at step indices (DT) or times in [0, 1] (CT)."""
-        return self.alpha_bar[t] if self.variant == "dt" else self.schedule.alpha_bar(t)
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if generator is None and not self.training:

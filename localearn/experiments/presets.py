@@ -46,6 +46,8 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         # The NoProp chain (--model noprop) trained end to end: NoProp's structure-matched baseline, with
         # NoProp-DT's optimizer and no augmentation, as the paper compares them.
         "model=noprop": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 1e-3, "augment": False},
+        # DiffusionBlocks' backbone as an ordinary classifier, with its optimizer (the official defaults).
+        "model=resmlp": {"optimizer": "adamw", "lr": 1e-3, "weight_decay": 0.01},
     },
     # Spyra (2025) tuned Mono-Forward's Adam learning rate per dataset.
     "mono_forward": {
@@ -97,6 +99,12 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
     # The paper's settings (research notes, section 4): DT with T = 10, eta 0.1, AdamW 1e-3 / wd 1e-3, batch
     # 128, no augmentation, 100 epochs on MNIST and 150 on CIFAR, prototype embeddings (its best column).
     # CT: Adam, eta 1, 1000 inference steps (its MNIST epochs; the paper ran CIFAR-10 500 and CIFAR-100 1000).
+    # The official defaults (B 3, gamma 0.05, AdamW 1e-3, wd 0.01, batch 128) are the rule's own; the
+    # residual MLP is 256 wide on MNIST-like data and 512 on CIFAR, 6 layers (2 per block).
+    "diffusion_blocks": {
+        **_each(MNIST_LIKE, {"model": "resmlp:256,6"}),
+        **_each(CIFAR, {"model": "resmlp:512,6"}),
+    },
     "noprop": {
         **_each(MNIST_LIKE, {"embedding": "prototype"}),
         **_each(CIFAR, {"embedding": "prototype", "epochs": 150, "augment": False}),

@@ -1,0 +1,312 @@
+"""DiffusionBlocks (Shing, Akiba et al., arXiv 2506.14202; ICLR 2026: "Block-wise Neural Network Training via
+Diffusion Interpretation"): the L residual layers of a network, split into B blocks, each trained alone as
+a denoiser of the label embedding over its own range of noise levels.
+
+    noise levels: ln sigma ~ N(P_mean = -1.2, P_std = 1.2) truncated to [0.002, 80];
+      block boundaries of equal probability under the *truncated* law:
+      q_b = Phi(lo) + (b / B) (Phi(hi) - Phi(lo)),  sigma_b = exp(P_mean + P_std Phi^-1(q_b))
+      (partition=uniform: equal steps in ln sigma); block 0 holds the highest noise.
+    one step: a block b drawn uniformly; its range widened by gamma of its log-range on each side (clamped);
+      sigma by inverse CDF of the truncated log-normal within it; y = E[label] / ||E[label]||;
+      z = y + sigma eps; EDM preconditioning (sigma_data = 0.5): c_in = 1 / sqrt(sigma^2 + sigma_data^2),
+      c_noise = ln(sigma) / 4;
+      logits = head(layers_b(stem(x) + state_in(c_in z); c_noise))      (only block b's layers run)
+      L = w(sigma) CE(logits, label),  w(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2
+      a backward through block b and the shared parts (stem, embeddings, head) only.
+    inference: z = sqrt(1 + sigma_max^2) eps (the code; sigma_max eps in the paper), Euler steps on the
+      equi-probability grid, z <- z + (sigma' - sigma) (z - D) / sigma, D = softmax(logits) @ E_normalised,
+      each step calling only the block whose range holds sigma; the logits of a last denoise at sigma_min.
+
+One epoch is B passes over the data (each block sees the data once on average), as the reference code's
+"epochs x B". For classification the denoised embedding is softmax(logits) @ E, so EDM's c_skip and c_out
+(the generative parameterisation D = c_skip z + c_out F) do not enter; ``edm_coefficients`` gives them all.
+The label embedding is L2-normalised in training and in inference alike (the code decodes with the raw
+weights at inference, a mismatch the research notes flag). The same network as an ordinary classifier (x
+in, logits out, every layer, no noise) is the backprop baseline: ``--algo backprop --model resmlp``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import models
+from .base import Algorithm, HyperparameterError, OptimizerConfig, ParameterGroups, check_choice
+
+P_MEAN, P_STD = -1.2, 1.2
+SIGMA_MIN, SIGMA_MAX, SIGMA_DATA = 0.002, 80.0, 0.5
+PARTITIONS = ("equiprobable", "uniform")
+ORDERS = ("random", "cyclic")
+INIT_NOISES = ("code", "paper")
+NOISE_FEATURES = 64
+
+
+# -- noise levels ---------------------------------------------------------------------------------------
+def _cdf(sigma: float) -> float:
+    return float(torch.special.ndtr(torch.tensor((math.log(sigma) - P_MEAN) / P_STD, dtype=torch.float64)))
+
+
+def _sigma_at(q: torch.Tensor) -> torch.Tensor:
+    return torch.exp(P_MEAN + P_STD * torch.special.ndtri(q))
+
+
+def block_boundaries(blocks: int, partition: str = "equiprobable") -> list[float]:
+    """sigma_0 < ... < sigma_B: equal probability under the truncated log-normal, or equal log steps."""
+    if partition == "uniform":
+        steps = torch.linspace(math.log(SIGMA_MIN), math.log(SIGMA_MAX), blocks + 1, dtype=torch.float64)
+        return steps.exp().tolist()
+    q = torch.linspace(_cdf(SIGMA_MIN), _cdf(SIGMA_MAX), blocks + 1, dtype=torch.float64)
+    sigmas = _sigma_at(q)
+    sigmas[0], sigmas[-1] = SIGMA_MIN, SIGMA_MAX  # exact ends, not their round trip through Phi
+    return sigmas.tolist()
+
+
+def training_ranges(boundaries: Sequence[float], gamma: float) -> list[tuple[float, float]]:
+    """Each block's range, block 0 the highest noise, widened by gamma of its log-range on each side."""
+    ranges = []
+    for lo, hi in reversed(list(zip(boundaries[:-1], boundaries[1:], strict=True))):
+        spread = gamma * (math.log(hi) - math.log(lo))
+        ranges.append((max(SIGMA_MIN, lo * math.exp(-spread)), min(SIGMA_MAX, hi * math.exp(spread))))
+    return ranges
+
+
+def edm_coefficients(sigma: torch.Tensor) -> dict[str, torch.Tensor]:
+    """EDM's preconditioning (Karras et al. 2022) and the loss weight, at sigma_data = 0.5."""
+    total = sigma**2 + SIGMA_DATA**2
+    return {
+        "c_skip": SIGMA_DATA**2 / total,
+        "c_out": sigma * SIGMA_DATA / total.sqrt(),
+        "c_in": 1 / total.sqrt(),
+        "c_noise": sigma.log() / 4,
+        "weight": total / (sigma * SIGMA_DATA) ** 2,
+    }
+
+
+# -- the network: a residual MLP conditioned on the noise level -------------------------------------------
+def noise_features(c_noise: torch.Tensor, dim: int = NOISE_FEATURES) -> torch.Tensor:
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(dim // 2, device=c_noise.device) / (dim // 2))
+    angles = 100.0 * c_noise.unsqueeze(-1) * freqs
+    return torch.cat([angles.sin(), angles.cos()], -1)
+
+
+class ResidualLayer(nn.Module):
+    """h + MLP(adaLN(h; c)): layer norm whose scale and shift come from the noise level (zero at the start,
+    and absent for the backprop baseline, which has no noise level)."""
+
+    def __init__(self, width: int) -> None:
+        super().__init__()
+        self.norm = nn.LayerNorm(width, elementwise_affine=False)
+        self.modulation = nn.Linear(width, 2 * width)
+        nn.init.zeros_(self.modulation.weight)
+        nn.init.zeros_(self.modulation.bias)
+        self.mlp = nn.Sequential(nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width))
+
+    def forward(self, h: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
+        a = self.norm(h)
+        if condition is not None:
+            scale, shift = self.modulation(condition).chunk(2, dim=1)
+            a = a * (1 + scale) + shift
+        return h + self.mlp(a)
+
+
+class ResidualMLP(nn.Module):
+    """A shared stem (x -> width), L residual layers, a shared final norm and head; for denoising, a shared
+    label embedding, the noisy embedding's input map and the noise-level embedding.
+
+    ``forward(x)`` is an ordinary classifier through every layer (the backprop baseline); ``denoise`` runs
+    the layers of one block on the stem's features plus the noisy label embedding."""
+
+    def __init__(
+        self, input_shape: Sequence[int], num_classes: int, width: int = 256, layers: int = 6
+    ) -> None:
+        super().__init__()
+        self.stem = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), width))
+        self.layers = nn.ModuleList(ResidualLayer(width) for _ in range(layers))
+        self.norm = nn.LayerNorm(width)
+        self.head = nn.Linear(width, num_classes)
+        self.label_embedding = nn.Embedding(num_classes, width)
+        self.state_in = nn.Linear(width, width)
+        self.noise_embedding = nn.Sequential(
+            nn.Linear(NOISE_FEATURES, width), nn.SiLU(), nn.Linear(width, width)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        for layer in self.layers:
+            h = layer(h)
+        return self.head(self.norm(h))
+
+    def embeddings(self) -> torch.Tensor:
+        """The label embeddings, each of unit length (the code's guard against their collapse)."""
+        return F.normalize(self.label_embedding.weight, dim=1)
+
+    def denoise(self, x: torch.Tensor, z: torch.Tensor, sigma: torch.Tensor, layers: range) -> torch.Tensor:
+        c = edm_coefficients(sigma)
+        h = self.stem(x) + self.state_in(c["c_in"].unsqueeze(1) * z)
+        condition = self.noise_embedding(noise_features(c["c_noise"]))
+        for i in layers:
+            h = self.layers[i](h, condition)
+        return self.head(self.norm(h))
+
+
+def _resmlp_from_spec(
+    input_shape: Sequence[int], num_classes: int, sizes: list[int], options: list[str]
+) -> nn.Module:
+    if len(sizes) != 2:
+        raise ValueError(f"resmlp takes a width and a number of layers, e.g. resmlp:256,6; got {sizes}")
+    return ResidualMLP(input_shape, num_classes, width=sizes[0], layers=sizes[1])
+
+
+models.register_model(
+    "resmlp", models.ModelKind(_resmlp_from_spec, (256, 6), (), "width and layers, e.g. resmlp:256,6")
+)
+
+
+# -- the rule ---------------------------------------------------------------------------------------------
+@dataclasses.dataclass
+class DiffusionBlocksConfig(OptimizerConfig):
+    optimizer: str = "adamw"
+    weight_decay: float = 0.01
+    blocks: int = 3  # B
+    gamma: float = 0.05  # each block's range widened by this share of its log-range on each side
+    partition: str = "equiprobable"  # equiprobable | uniform (equal steps in ln sigma; the ablation)
+    order: str = "random"  # random: a block drawn per batch (the paper) | cyclic: pass b trains block b
+    inference_steps: int = 0  # points of the inference grid (0: B, as the code)
+    init_noise: str = "code"  # code: sqrt(1 + sigma_max^2) | paper: sigma_max
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check_choice("partition", self.partition, PARTITIONS)
+        check_choice("order", self.order, ORDERS)
+        check_choice("init_noise", self.init_noise, INIT_NOISES)
+        if not isinstance(self.blocks, int) or self.blocks < 1:
+            raise HyperparameterError(f"blocks={self.blocks!r} must be a positive integer")
+        if not 0 <= self.gamma < 1:
+            raise HyperparameterError(f"gamma={self.gamma!r} must lie in [0, 1)")
+        if self.inference_steps == 1 or self.inference_steps < 0:
+            raise HyperparameterError(f"inference_steps={self.inference_steps!r} must be 0 (B) or >= 2")
+
+
+class DiffusionBlocks(Algorithm):
+    name = "diffusion_blocks"
+    Config = DiffusionBlocksConfig
+    default_model = "resmlp"
+    convolutional = False
+
+    @classmethod
+    def build_network(
+        cls, model: str, input_shape: Sequence[int], num_classes: int, config: Any
+    ) -> nn.Module:
+        kind, sizes, _ = models.parse_spec(model)
+        if kind == "mlp" and sizes:  # mlp:W,W,...: that many residual layers of width W
+            return ResidualMLP(input_shape, num_classes, width=sizes[0], layers=len(sizes))
+        if kind != "resmlp":
+            raise ValueError(f"diffusion_blocks needs a residual network, e.g. resmlp:256,6; got {model!r}")
+        return models.from_spec(model, input_shape, num_classes)
+
+    @classmethod
+    def example_network(cls, input_shape: Sequence[int], num_classes: int) -> nn.Module:
+        return ResidualMLP(input_shape, num_classes, width=16, layers=6)
+
+    def __init__(self, net: nn.Module, num_classes: int, **kwargs: Any) -> None:
+        super().__init__(net, num_classes, **kwargs)
+        c = self.config
+        if not isinstance(net, ResidualMLP):
+            raise TypeError(
+                "diffusion_blocks needs a network of residual layers conditioned on the noise level: pass a "
+                f"model spec such as 'resmlp:256,6', or a ResidualMLP, not a {type(net).__name__}"
+            )
+        layers = len(net.layers)
+        if layers % c.blocks:
+            raise HyperparameterError(
+                f"the network's {layers} residual layers do not split into blocks={c.blocks} equal blocks"
+            )
+        per_block = layers // c.blocks
+        self.block_layers = [range(b * per_block, (b + 1) * per_block) for b in range(c.blocks)]
+        self.boundaries = block_boundaries(c.blocks, c.partition)
+        self.ranges = training_ranges(self.boundaries, c.gamma)
+        steps = c.inference_steps or c.blocks
+        grid = block_boundaries(steps - 1, c.partition) if steps > 1 else [SIGMA_MAX]
+        self.inference_grid = list(reversed(grid))  # sigma_max ... sigma_min
+        self.passes_per_epoch = c.blocks
+        self.optimizers = [
+            self.make_optimizer(p for i in block for p in net.layers[i].parameters())
+            for block in self.block_layers
+        ]
+        self.optimizers.append(self.make_optimizer(p for _, p in self._shared()))
+        self.block_chooser = torch.Generator().manual_seed(
+            int(torch.randint(2**62, (), generator=self.generator, device=self.device))
+        )
+
+    def _shared(self) -> list[tuple[str, nn.Parameter]]:
+        net = self.net
+        parts = ("stem", "norm", "head", "label_embedding", "state_in", "noise_embedding")
+        return [(name, p) for name in parts for p in getattr(net, name).parameters()]
+
+    def parameter_groups(self) -> ParameterGroups:
+        shared: dict[str, list[nn.Parameter]] = {}
+        for name, p in self._shared():
+            shared.setdefault(name, []).append(p)
+        local = {
+            f"block{b + 1}": [p for i in block for p in self.net.layers[i].parameters()]
+            for b, block in enumerate(self.block_layers)
+        }
+        return ParameterGroups(local, shared)
+
+    def block_of(self, sigma: float) -> int:
+        """The block whose (unwidened) range holds sigma: block 0 has the highest noise."""
+        above = sum(1 for b in self.boundaries[1:-1] if sigma >= b)
+        return self.config.blocks - 1 - above
+
+    def sample_sigma(self, block: int, n: int) -> torch.Tensor:
+        """n noise levels in the block's widened range, by inverse CDF of the truncated log-normal."""
+        lo, hi = (_cdf(s) for s in self.ranges[block])
+        u = lo + (hi - lo) * torch.rand(n, generator=self.generator, device=self.device, dtype=torch.float64)
+        return _sigma_at(u).clamp(*self.ranges[block]).float()
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+        c = self.config
+        if c.order == "cyclic":
+            block = self.data_pass
+        else:
+            block = int(torch.randint(c.blocks, (), generator=self.block_chooser))
+        sigma = self.sample_sigma(block, len(x))
+        clean = self.net.embeddings()[y]
+        noise = torch.randn(clean.shape, generator=self.generator, device=self.device)
+        logits = self.net.denoise(x, clean + sigma.unsqueeze(1) * noise, sigma, self.block_layers[block])
+        weighted = edm_coefficients(sigma)["weight"] * F.cross_entropy(logits, y, reduction="none")
+        loss = weighted.mean()
+        block_optimizer, shared_optimizer = self.optimizers[block], self.optimizers[-1]
+        block_optimizer.zero_grad(set_to_none=True)
+        shared_optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # only block b's layers ran: nothing else but the shared parts has a gradient
+        block_optimizer.step()
+        shared_optimizer.step()
+        return {"loss": loss.detach(), f"loss_block{block + 1}": loss.detach()}
+
+    @torch.no_grad()
+    def predict(self, x: torch.Tensor) -> torch.Tensor:
+        net, grid = self.net, self.inference_grid
+        embeddings = net.embeddings()
+        scale = math.sqrt(1 + SIGMA_MAX**2) if self.config.init_noise == "code" else SIGMA_MAX
+        shape = (len(x), embeddings.shape[1])
+        z = scale * torch.randn(shape, generator=self.eval_generator, device=x.device)
+        for sigma, sigma_next in zip(grid[:-1], grid[1:], strict=True):
+            level = torch.full((len(x),), sigma, device=x.device)
+            logits = net.denoise(x, z, level, self.block_layers[self.block_of(sigma)])
+            denoised = logits.softmax(1) @ embeddings
+            z = z + (sigma_next - sigma) * (z - denoised) / sigma
+        level = torch.full((len(x),), SIGMA_MIN, device=x.device)
+        return net.denoise(x, z, level, self.block_layers[self.block_of(SIGMA_MIN)])
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"block_chooser": self.block_chooser.get_state()}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.block_chooser.set_state(state["block_chooser"])
