@@ -8,9 +8,10 @@ a denoiser of the label embedding over its own range of noise levels.
       (partition=uniform: equal steps in ln sigma); block 0 holds the highest noise.
     one step: a block b drawn uniformly; its range widened by gamma of its log-range on each side (clamped);
       sigma by inverse CDF of the truncated log-normal within it; y = E[label] / ||E[label]||;
-      z = y + sigma eps; EDM preconditioning (sigma_data = 0.5): c_in = 1 / sqrt(sigma^2 + sigma_data^2),
-      c_noise = ln(sigma) / 4;
-      logits = head(layers_b(stem(x) + state_in(c_in z); c_noise))      (only block b's layers run)
+      z = y + sigma eps; EDM preconditioning with sigma_data = 0.5 and s2 = sigma^2 + sigma_data^2:
+      c_in = 1/sqrt(s2), c_skip = sigma_data^2/s2, c_out = sigma sigma_data/sqrt(s2), c_noise = ln(sigma)/4
+      F = layers_b(stem(x) + state_in(c_in z); c_noise)                 (only block b's layers run)
+      logits = head(adaLN(c_out F + c_skip z; c_noise))                 (as the official code's denoise)
       L = w(sigma) CE(logits, label),  w(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2
       a backward through block b and the shared parts (stem, embeddings, head) only.
     inference: z = sqrt(1 + sigma_max^2) eps (the code; sigma_max eps in the paper), Euler steps on the
@@ -18,8 +19,8 @@ a denoiser of the label embedding over its own range of noise levels.
       each step calling only the block whose range holds sigma; the logits of a last denoise at sigma_min.
 
 One epoch is B passes over the data (each block sees the data once on average), as the reference code's
-"epochs x B". For classification the denoised embedding is softmax(logits) @ E, so EDM's c_skip and c_out
-(the generative parameterisation D = c_skip z + c_out F) do not enter; ``edm_coefficients`` gives them all.
+"epochs x B". The skip connection c_skip z lets the head read a nearly clean z directly, so that with the
+weight w(sigma) = 1 / c_out^2 every noise level's loss reaches the layers at a comparable scale.
 The label embedding is L2-normalised in training and in inference alike (the code decodes with the raw
 weights at inference, a mismatch the research notes flag). The same network as an ordinary classifier (x
 in, logits out, every layer, no noise) is the backprop baseline: ``--algo backprop --model resmlp``.
@@ -130,6 +131,9 @@ class ResidualMLP(nn.Module):
         self.layers = nn.ModuleList(ResidualLayer(width) for _ in range(layers))
         self.norm = nn.LayerNorm(width)
         self.head = nn.Linear(width, num_classes)
+        self.head_modulation = nn.Linear(width, 2 * width)  # the final norm's adaLN when denoising
+        nn.init.zeros_(self.head_modulation.weight)
+        nn.init.zeros_(self.head_modulation.bias)
         self.label_embedding = nn.Embedding(num_classes, width)
         self.state_in = nn.Linear(width, width)
         self.noise_embedding = nn.Sequential(
@@ -152,7 +156,9 @@ class ResidualMLP(nn.Module):
         condition = self.noise_embedding(noise_features(c["c_noise"]))
         for i in layers:
             h = self.layers[i](h, condition)
-        return self.head(self.norm(h))
+        scale, shift = self.head_modulation(condition).chunk(2, dim=1)
+        out = c["c_out"].unsqueeze(1) * h + c["c_skip"].unsqueeze(1) * z
+        return self.head(self.norm(out) * (1 + scale) + shift)
 
 
 def _resmlp_from_spec(
@@ -246,7 +252,7 @@ class DiffusionBlocks(Algorithm):
 
     def _shared(self) -> list[tuple[str, nn.Parameter]]:
         net = self.net
-        parts = ("stem", "norm", "head", "label_embedding", "state_in", "noise_embedding")
+        parts = ("stem", "norm", "head", "head_modulation", "label_embedding", "state_in", "noise_embedding")
         return [(name, p) for name in parts for p in getattr(net, name).parameters()]
 
     def parameter_groups(self) -> ParameterGroups:
