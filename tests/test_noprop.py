@@ -284,7 +284,7 @@ def test_presets_and_the_baseline_on_the_command_line():
         1e-3,
         1e-3,
     )
-    assert hp["embedding"] == "prototype" and hp["variant"] == "dt"
+    assert hp["embedding"] == "onehot" and hp["variant"] == "dt"
     ct = run_spec.resolve("mnist", "noprop", hp=["variant=ct"]).hyperparameters
     assert (ct["optimizer"], ct["eta"], ct["steps"]) == ("adam", 1.0, 1000)
     cifar = run_spec.resolve("cifar10", "noprop")
