@@ -20,9 +20,9 @@ QUICK = {
     "forward_forward": {"lr": 1e-2},
     "dfa": {"lr": 3e-3},
     "forward_gradient": {"lr": 1e-2, "num_tangents": 8},  # FG-W's estimate is noisy: average 8 tangents
-    # The MLP spec's two hidden sizes are two residual layers; pass b trains block b, so that one step per
-    # pass moves every block (the paper's random draw is tested in test_diffusion_blocks.py).
-    "diffusion_blocks": {"blocks": 2, "order": "cyclic"},
+    # Pass b trains block b, so that one step per pass moves every block (the paper's random draw is tested
+    # in test_diffusion_blocks.py).
+    "diffusion_blocks": {"order": "cyclic"},
 }
 
 

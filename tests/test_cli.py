@@ -73,11 +73,10 @@ def final_figures(run_dir):
 
 @pytest.mark.parametrize(
     "algo, extra",
-    [(name, ["--hp", "blocks=2"] if name == "diffusion_blocks" else []) for name in sorted(ALGORITHMS)]
+    [(name, []) for name in sorted(ALGORITHMS)]
     + [("mono_forward", ["--hp", "schedule=sequential", "--epochs", "3"])],
 )
 def test_resume_after_sigkill_gives_the_same_result(algo, extra, image_tree, tmp_path):
-    """(DiffusionBlocks reads mlp:32,32 as two residual layers, so it runs with two blocks.)"""
     args = [str(image_tree), "--algo", algo, *COMMON, *extra, "--name", "run"]
     done = run_cli([*args, "--out", str(tmp_path / "a")], tmp_path / "cache")
     assert done.returncode == 0, done.stderr

@@ -159,6 +159,10 @@ def test_errors_name_what_is_wrong():
         make("diffusion_blocks", "resmlp:8,6", 3, input_shape=(5,), blocks=4)
     with pytest.raises(TypeError, match="needs a network of residual layers"):
         make("diffusion_blocks", ll.models.mlp(5, [8], 3), 3)
+    with pytest.raises(ValueError, match="share one width"):
+        make("diffusion_blocks", "mlp:8,16", 3, input_shape=(5,))
+    # An MLP spec describes one block: mlp:8,8 is two residual layers in each of the three blocks.
+    assert len(make("diffusion_blocks", "mlp:8,8", 3, input_shape=(5,)).net.layers) == 6
     with pytest.raises(ValueError, match="width and a number of layers"):
         make("diffusion_blocks", "resmlp:8", 3, input_shape=(5,))
     with pytest.raises(HyperparameterError, match="equiprobable, uniform"):

@@ -116,6 +116,9 @@ def lr_factor(config: Any, fraction: float) -> float:
 
 # Learning-rate ranges for tuning, by optimizer: adaptive optimizers and plain SGD live on different scales.
 LR_RANGES = {"adam": (1e-5, 1e-2), "adamw": (1e-5, 1e-2), "sgd": (1e-3, 1.0)}
+# Weight decay: AdamW's is decoupled from the gradient (a fraction of the weights per step, 1e-3 to 1e-1 in
+# the papers here), Adam's and SGD's is an L2 term added to it.
+WEIGHT_DECAY_RANGES = {"adam": (1e-7, 1e-3), "adamw": (1e-5, 1e-1), "sgd": (1e-7, 1e-3)}
 
 
 def units_of(net: nn.Module, algorithm: str) -> list[nn.Module]:
@@ -267,10 +270,12 @@ class Algorithm:
     @classmethod
     def search_space(cls, trial: Any, config: Any) -> dict[str, Any]:
         """Hyperparameters for one Optuna trial, given the run's other settings (``config``, the resolved
-        Config). The default tunes the learning rate on the optimizer's scale and the weight decay."""
+        Config). The default tunes the learning rate and the weight decay, each on the optimizer's scale."""
         return {
             "lr": trial.suggest_float("lr", *cls.lr_range(config), log=True),
-            "weight_decay": trial.suggest_float("weight_decay", 1e-7, 1e-3, log=True),
+            "weight_decay": trial.suggest_float(
+                "weight_decay", *WEIGHT_DECAY_RANGES[config.optimizer], log=True
+            ),
         }
 
     @classmethod

@@ -210,8 +210,11 @@ class DiffusionBlocks(Algorithm):
         cls, model: str, input_shape: Sequence[int], num_classes: int, config: Any
     ) -> nn.Module:
         kind, sizes, _ = models.parse_spec(model)
-        if kind == "mlp" and sizes:  # mlp:W,W,...: that many residual layers of width W
-            return ResidualMLP(input_shape, num_classes, width=sizes[0], layers=len(sizes))
+        if kind == "mlp":  # mlp:W,...,W describes one block: that many residual layers of width W in each
+            sizes = sizes or list(models.MODEL_KINDS["mlp"].default_sizes)
+            if len(set(sizes)) > 1:
+                raise ValueError(f"diffusion_blocks' residual layers share one width; got {model!r}")
+            return ResidualMLP(input_shape, num_classes, width=sizes[0], layers=len(sizes) * config.blocks)
         if kind != "resmlp":
             raise ValueError(f"diffusion_blocks needs a residual network, e.g. resmlp:256,6; got {model!r}")
         return models.from_spec(model, input_shape, num_classes)
