@@ -174,6 +174,14 @@ def linear_readout(unit_output_shape: Sequence[int], num_classes: int) -> nn.Mod
     return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(unit_output_shape), num_classes, bias=False))
 
 
+def sinusoidal_features(values: torch.Tensor, dim: int, scale: float) -> torch.Tensor:
+    """[N] -> [N, dim]: sin and cos of scale * value at dim / 2 geometric frequencies (1 to 1 / 10000), the
+    transformer's position encoding, here of a diffusion time or a noise level."""
+    freqs = torch.exp(-math.log(10000.0) * torch.arange(dim // 2, device=values.device) / (dim // 2))
+    angles = scale * values.unsqueeze(-1) * freqs
+    return torch.cat([angles.sin(), angles.cos()], -1)
+
+
 def forward_detached(units: Iterable[nn.Module], x: torch.Tensor) -> list[torch.Tensor]:
     """Every unit's output, each unit fed the *detached* output of the one before: the graph is cut at
     every unit boundary, so a loss on one output reaches that unit's parameters and nothing earlier."""
@@ -241,9 +249,10 @@ class Algorithm:
         self.aux = nn.ModuleDict()
         self.optimizers: list[torch.optim.Optimizer] = []
         with torch.random.fork_rng(devices=[]):  # seeds from the global stream, which stays where it was
-            seed, self.eval_seed = (int(torch.randint(2**62, ())) for _ in range(2))
+            seed, self.eval_seed, choice_seed = (int(torch.randint(2**62, ())) for _ in range(3))
         self.generator = torch.Generator(device=self.device).manual_seed(seed)
         self.eval_generator = torch.Generator(device=self.device).manual_seed(self.eval_seed)
+        self.choice_generator = torch.Generator().manual_seed(choice_seed)  # on the CPU: see random_choice
 
     # -- the contract ---------------------------------------------------------------------------------
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, float | torch.Tensor]:
@@ -342,6 +351,11 @@ class Algorithm:
         c = self.config
         return make_optimizer(c.optimizer, params, c.lr if lr is None else lr, c.weight_decay, c.momentum)
 
+    def random_choice(self, n: int) -> int:
+        """A uniform index in 0..n-1 (which block a step trains), drawn on the CPU so that the Python branch
+        on it never waits for the device."""
+        return int(torch.randint(n, (), generator=self.choice_generator))
+
     def hyperparameters(self) -> dict[str, Any]:
         return dataclasses.asdict(self.config)
 
@@ -361,6 +375,7 @@ class Algorithm:
             "aux": self.aux.state_dict(),
             "optimizers": [opt.state_dict() for opt in self.optimizers],
             "generator": self.generator.get_state(),
+            "choice_generator": self.choice_generator.get_state(),
             "eval_seed": self.eval_seed,
             "extra": self.extra_state(),
         }
@@ -383,6 +398,8 @@ class Algorithm:
         for opt, opt_state in zip(self.optimizers, state["optimizers"], strict=True):
             opt.load_state_dict(opt_state)
         self.generator.set_state(state["generator"])
+        if "choice_generator" in state:  # absent from checkpoints written before it existed
+            self.choice_generator.set_state(state["choice_generator"])
         self.eval_seed = state["eval_seed"]
         self.begin_evaluation()
         self.load_extra_state(state["extra"])

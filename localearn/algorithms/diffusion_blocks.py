@@ -38,7 +38,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import models
-from .base import Algorithm, HyperparameterError, OptimizerConfig, ParameterGroups, check_choice
+from .base import (
+    Algorithm,
+    HyperparameterError,
+    OptimizerConfig,
+    ParameterGroups,
+    check_choice,
+    sinusoidal_features,
+)
 
 P_MEAN, P_STD = -1.2, 1.2
 SIGMA_MIN, SIGMA_MAX, SIGMA_DATA = 0.002, 80.0, 0.5
@@ -90,10 +97,8 @@ def edm_coefficients(sigma: torch.Tensor) -> dict[str, torch.Tensor]:
 
 
 # -- the network: a residual MLP conditioned on the noise level -------------------------------------------
-def noise_features(c_noise: torch.Tensor, dim: int = NOISE_FEATURES) -> torch.Tensor:
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(dim // 2, device=c_noise.device) / (dim // 2))
-    angles = 100.0 * c_noise.unsqueeze(-1) * freqs
-    return torch.cat([angles.sin(), angles.cos()], -1)
+def noise_features(c_noise: torch.Tensor) -> torch.Tensor:
+    return sinusoidal_features(c_noise, NOISE_FEATURES, scale=100.0)
 
 
 class ResidualLayer(nn.Module):
@@ -249,9 +254,6 @@ class DiffusionBlocks(Algorithm):
             for block in self.block_layers
         ]
         self.optimizers.append(self.make_optimizer(p for _, p in self._shared()))
-        self.block_chooser = torch.Generator().manual_seed(
-            int(torch.randint(2**62, (), generator=self.generator, device=self.device))
-        )
 
     def _shared(self) -> list[tuple[str, nn.Parameter]]:
         net = self.net
@@ -284,7 +286,7 @@ class DiffusionBlocks(Algorithm):
         if c.order == "cyclic":
             block = self.data_pass
         else:
-            block = int(torch.randint(c.blocks, (), generator=self.block_chooser))
+            block = self.random_choice(c.blocks)
         sigma = self.sample_sigma(block, len(x))
         clean = self.net.embeddings()[y]
         noise = torch.randn(clean.shape, generator=self.generator, device=self.device)
@@ -313,9 +315,3 @@ class DiffusionBlocks(Algorithm):
             z = z + (sigma_next - sigma) * (z - denoised) / sigma
         level = torch.full((len(x),), SIGMA_MIN, device=x.device)
         return net.denoise(x, z, level, self.block_layers[self.block_of(SIGMA_MIN)])
-
-    def extra_state(self) -> dict[str, Any]:
-        return {"block_chooser": self.block_chooser.get_state()}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        self.block_chooser.set_state(state["block_chooser"])

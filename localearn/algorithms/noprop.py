@@ -52,6 +52,7 @@ from .base import (
     ParameterGroups,
     check_choice,
     check_positive,
+    sinusoidal_features,
 )
 
 VARIANTS = ("dt", "ct", "fm")
@@ -108,11 +109,9 @@ class MonotoneSchedule(nn.Module):
         return torch.sigmoid(-self.gamma(t))
 
 
-def time_features(t: torch.Tensor, dim: int = TIME_FEATURES) -> torch.Tensor:
+def time_features(t: torch.Tensor) -> torch.Tensor:
     """The sinusoidal embedding of t in [0, 1] (scaled to [0, 1000], as diffusion models do)."""
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(dim // 2, device=t.device) / (dim // 2))
-    angles = 1000.0 * t.unsqueeze(-1) * freqs
-    return torch.cat([angles.sin(), angles.cos()], -1)
+    return sinusoidal_features(t, TIME_FEATURES, scale=1000.0)
 
 
 # -- the block (Fig. 6 left) and the network --------------------------------------------------------
@@ -384,9 +383,6 @@ class NoProp(Algorithm):
         for module in net.modules():
             if isinstance(module, Dropout):
                 module.generator = self.generator
-        self.block_chooser = torch.Generator().manual_seed(
-            int(torch.randint(2**62, (), generator=self.generator))
-        )
 
     def parameter_groups(self) -> ParameterGroups:
         net = self.net
@@ -484,11 +480,7 @@ class NoProp(Algorithm):
         c, dim = self.config, self.net.embedding.shape[1]
         block = 0
         if c.variant == "dt":
-            block = (
-                self.data_pass
-                if c.order == "sequential"
-                else int(torch.randint(c.steps, (), generator=self.block_chooser))
-            )
+            block = self.data_pass if c.order == "sequential" else self.random_choice(c.steps)
             losses = self.dt_losses(x, y, block + 1, self._noise((len(x), dim)), self._noise((len(x), dim)))
         else:
             t = torch.rand(len(x), generator=self.generator, device=self.device)
@@ -512,11 +504,7 @@ class NoProp(Algorithm):
         return self.net(x, generator=self.eval_generator)
 
     def extra_state(self) -> dict[str, Any]:
-        return {
-            "prototypes_ready": self.net.prototypes_ready,
-            "block_chooser": self.block_chooser.get_state(),
-        }
+        return {"prototypes_ready": self.net.prototypes_ready}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         self.net.prototypes_ready = state["prototypes_ready"]
-        self.block_chooser.set_state(state["block_chooser"])
