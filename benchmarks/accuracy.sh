@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Accuracy against the papers (issue 2): Mono-Forward and backprop on the presets' networks, CPU.
-# Usage: LOCALEARN_DATA=../shared/data bash benchmarks/accuracy.sh [mnist|cifar10|ff|dfa|fg|ccl|noprop_dt|noprop_prototype|noprop_bp|noprop_ct|all] > benchmarks/out/accuracy.log
+# Usage: LOCALEARN_DATA=../shared/data bash benchmarks/accuracy.sh [mnist|cifar10|ff|dfa|fg|ccl|noprop_dt|noprop_prototype|noprop_bp|noprop_ct|db_mnist|db_ablation|db_cifar10|all] > benchmarks/out/accuracy.log
 # Every run goes through the command line, so the figures are the ones a user gets.
 set -euo pipefail
 which=${1:-all}
@@ -79,4 +79,22 @@ if [[ $which == noprop_ct || $which == all ]]; then
   # every validation runs the whole chain (1000 steps would take about 15 minutes per epoch here).
   run mnist --algo noprop --seed 0 --hp variant=ct --hp steps=20 --epochs "${NOPROP_CT_EPOCHS:-15}" \
     --name mnist-noprop_ct-noprop256-s0
+fi
+
+# DiffusionBlocks (issue 14) on MNIST: the preset residual MLP (256 wide, 6 layers), B = 3, one random block
+# per batch. One of its epochs is 3 data passes, so backprop on the same backbone gets 3 times the epochs
+# and the patience: the same data passes and the same stopping rule, counted in passes.
+if [[ $which == db_mnist || $which == all ]]; then
+  run mnist --algo diffusion_blocks --seed 0 --epochs "${DB_EPOCHS:-20}" --patience 5
+  run mnist --algo backprop --model resmlp --seed 0 --epochs $((3 * ${DB_EPOCHS:-20})) --patience 15
+fi
+if [[ $which == db_ablation || $which == all ]]; then
+  # The partition ablation: equal steps in ln sigma instead of equal probability.
+  run mnist --algo diffusion_blocks --seed 0 --hp partition=uniform --epochs "${DB_EPOCHS:-20}" --patience 5 \
+    --name mnist-diffusion_blocks_uniform-resmlp256x6-s0
+fi
+if [[ $which == db_cifar10 || $which == all ]]; then
+  # CIFAR-10, residual MLP 512 wide, crop+flip (the dataset preset), the same pairing of budgets.
+  run cifar10 --algo diffusion_blocks --seed 0 --epochs "${DB_CIFAR_EPOCHS:-10}" --patience 5
+  run cifar10 --algo backprop --model resmlp --seed 0 --epochs $((3 * ${DB_CIFAR_EPOCHS:-10})) --patience 15
 fi
