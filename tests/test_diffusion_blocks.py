@@ -10,14 +10,8 @@ import torch
 
 import localearn as ll
 from localearn.algorithms import HyperparameterError, make
-from localearn.algorithms.diffusion_blocks import (
-    P_MEAN,
-    P_STD,
-    ResidualMLP,
-    block_boundaries,
-    edm_coefficients,
-    training_ranges,
-)
+from localearn.algorithms.diffusion_blocks import P_MEAN, P_STD, block_boundaries, training_ranges
+from localearn.algorithms.diffusion_blocks_network import ResidualMLP, edm_coefficients
 from localearn.experiments import spec as run_spec
 
 

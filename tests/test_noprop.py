@@ -11,7 +11,7 @@ from torch import nn
 
 import localearn as ll
 from localearn.algorithms import HyperparameterError, make
-from localearn.algorithms.noprop import (
+from localearn.algorithms.noprop_network import (
     MonotoneSchedule,
     NoPropNetwork,
     block_factory,

@@ -23,7 +23,8 @@ One epoch is B passes over the data (each block sees the data once on average), 
 weight w(sigma) = 1 / c_out^2 every noise level's loss reaches the layers at a comparable scale.
 The label embedding is L2-normalised in training and in inference alike (the code decodes with the raw
 weights at inference, a mismatch the research notes flag). The same network as an ordinary classifier (x
-in, logits out, every layer, no noise) is the backprop baseline: ``--algo backprop --model resmlp``.
+in, logits out, every layer, no noise) is the backprop baseline: ``--algo backprop --model resmlp``. The
+networks and EDM's coefficients are ``diffusion_blocks_network.py``; this file is the rule.
 """
 
 from __future__ import annotations
@@ -44,15 +45,14 @@ from .base import (
     OptimizerConfig,
     ParameterGroups,
     check_choice,
-    sinusoidal_features,
 )
+from .diffusion_blocks_network import Denoiser, ResidualMLP, edm_coefficients
 
 P_MEAN, P_STD = -1.2, 1.2
-SIGMA_MIN, SIGMA_MAX, SIGMA_DATA = 0.002, 80.0, 0.5
+SIGMA_MIN, SIGMA_MAX = 0.002, 80.0
 PARTITIONS = ("equiprobable", "uniform")
 ORDERS = ("random", "cyclic")
 INIT_NOISES = ("code", "paper")
-NOISE_FEATURES = 64
 
 
 # -- noise levels ---------------------------------------------------------------------------------------
@@ -82,195 +82,6 @@ def training_ranges(boundaries: Sequence[float], gamma: float) -> list[tuple[flo
         spread = gamma * (math.log(hi) - math.log(lo))
         ranges.append((max(SIGMA_MIN, lo * math.exp(-spread)), min(SIGMA_MAX, hi * math.exp(spread))))
     return ranges
-
-
-def edm_coefficients(sigma: torch.Tensor) -> dict[str, torch.Tensor]:
-    """EDM's preconditioning (Karras et al. 2022) and the loss weight, at sigma_data = 0.5."""
-    total = sigma**2 + SIGMA_DATA**2
-    return {
-        "c_skip": SIGMA_DATA**2 / total,
-        "c_out": sigma * SIGMA_DATA / total.sqrt(),
-        "c_in": 1 / total.sqrt(),
-        "c_noise": sigma.log() / 4,
-        "weight": total / (sigma * SIGMA_DATA) ** 2,
-    }
-
-
-# -- the network: a residual MLP conditioned on the noise level -------------------------------------------
-def noise_features(c_noise: torch.Tensor) -> torch.Tensor:
-    return sinusoidal_features(c_noise, NOISE_FEATURES, scale=100.0)
-
-
-class ResidualLayer(nn.Module):
-    """h + MLP(adaLN(h; c)): layer norm whose scale and shift come from the noise level (zero at the start,
-    and absent for the backprop baseline, which has no noise level)."""
-
-    def __init__(self, width: int) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(width, elementwise_affine=False)
-        self.modulation = nn.Linear(width, 2 * width)
-        nn.init.zeros_(self.modulation.weight)
-        nn.init.zeros_(self.modulation.bias)
-        self.mlp = nn.Sequential(nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width))
-
-    def forward(self, h: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
-        a = self.norm(h)
-        if condition is not None:
-            scale, shift = self.modulation(condition).chunk(2, dim=1)
-            a = a * (1 + scale) + shift
-        return h + self.mlp(a)
-
-
-class Denoiser(nn.Module):
-    """What every DiffusionBlocks network has: ``layers``, the residual layers the blocks split, and the
-    parts all blocks share (everything else): the label embedding, the map of the noisy embedding in, the
-    noise-level embedding, and the head behind a final norm that the noise level modulates.
-
-    ``forward(x)`` is an ordinary classifier through every layer (the backprop baseline); ``denoise(x, z,
-    sigma, layers)`` runs only the given layers and returns class logits."""
-
-    def __init__(self, num_classes: int, width: int, layers: Sequence[nn.Module]) -> None:
-        super().__init__()
-        self.layers = nn.ModuleList(layers)
-        self.norm = nn.LayerNorm(width)
-        self.head = nn.Linear(width, num_classes)
-        self.head_modulation = nn.Linear(width, 2 * width)  # the final norm's adaLN when denoising
-        nn.init.zeros_(self.head_modulation.weight)
-        nn.init.zeros_(self.head_modulation.bias)
-        self.label_embedding = nn.Embedding(num_classes, width)
-        self.state_in = nn.Linear(width, width)
-        self.noise_embedding = nn.Sequential(
-            nn.Linear(NOISE_FEATURES, width), nn.SiLU(), nn.Linear(width, width)
-        )
-
-    def embeddings(self) -> torch.Tensor:
-        """The label embeddings, each of unit length (the code's guard against their collapse)."""
-        return F.normalize(self.label_embedding.weight, dim=1)
-
-    def conditioning(self, sigma: torch.Tensor) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        c = edm_coefficients(sigma)
-        return c, self.noise_embedding(noise_features(c["c_noise"]))
-
-    def readout(
-        self, state: torch.Tensor, z: torch.Tensor, c: dict[str, torch.Tensor], condition: torch.Tensor
-    ) -> torch.Tensor:
-        """Logits of the preconditioned output c_out F + c_skip z."""
-        scale, shift = self.head_modulation(condition).chunk(2, dim=1)
-        out = c["c_out"].unsqueeze(1) * state + c["c_skip"].unsqueeze(1) * z
-        return self.head(self.norm(out) * (1 + scale) + shift)
-
-
-class ResidualMLP(Denoiser):
-    """A shared stem (x -> width) and L residual layers; the noisy embedding is added to the stem's
-    features, so the layers denoise it in the light of x."""
-
-    def __init__(
-        self, input_shape: Sequence[int], num_classes: int, width: int = 256, layers: int = 6
-    ) -> None:
-        super().__init__(num_classes, width, [ResidualLayer(width) for _ in range(layers)])
-        self.stem = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), width))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.stem(x)
-        for layer in self.layers:
-            h = layer(h)
-        return self.head(self.norm(h))
-
-    def denoise(self, x: torch.Tensor, z: torch.Tensor, sigma: torch.Tensor, layers: range) -> torch.Tensor:
-        c, condition = self.conditioning(sigma)
-        h = self.stem(x) + self.state_in(c["c_in"].unsqueeze(1) * z)
-        for i in layers:
-            h = self.layers[i](h, condition)
-        return self.readout(h, z, c, condition)
-
-
-class TransformerLayer(nn.Module):
-    """A pre-norm transformer layer whose two norms the noise level modulates (scale, shift and gate, zero
-    at the start), as the official ViT's adaLN layers; without a noise level, a plain layer."""
-
-    def __init__(self, width: int, heads: int) -> None:
-        super().__init__()
-        self.norm1 = nn.LayerNorm(width, elementwise_affine=False)
-        self.attention = nn.MultiheadAttention(width, heads, batch_first=True)
-        self.norm2 = nn.LayerNorm(width, elementwise_affine=False)
-        self.mlp = nn.Sequential(nn.Linear(width, 4 * width), nn.GELU(), nn.Linear(4 * width, width))
-        self.modulation = nn.Linear(width, 6 * width)
-        nn.init.zeros_(self.modulation.weight)
-        nn.init.zeros_(self.modulation.bias)
-
-    def forward(self, tokens: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
-        mods: list[Any] = [0.0] * 6
-        if condition is not None:
-            mods = [m.unsqueeze(1) for m in self.modulation(condition).chunk(6, dim=1)]
-        shift1, scale1, gate1, shift2, scale2, gate2 = mods
-        a = self.norm1(tokens) * (1 + scale1) + shift1
-        tokens = tokens + (1 + gate1) * self.attention(a, a, a, need_weights=False)[0]
-        a = self.norm2(tokens) * (1 + scale2) + shift2
-        return tokens + (1 + gate2) * self.mlp(a)
-
-
-class ViT(Denoiser):
-    """A small vision transformer in the official code's form: patch tokens with position embeddings; the
-    noisy label embedding takes the class token's place, and the noise level enters through adaptive
-    layer norm. As a classifier (the backprop baseline) a learned class token stands in that place."""
-
-    def __init__(
-        self, input_shape: Sequence[int], num_classes: int, width: int = 192, layers: int = 6, patch: int = 4
-    ) -> None:
-        super().__init__(
-            num_classes, width, [TransformerLayer(width, max(1, width // 64)) for _ in range(layers)]
-        )
-        if len(input_shape) != 3 or input_shape[1] % patch or input_shape[2] % patch:
-            raise ValueError(
-                f"vit needs images [C, H, W] with H and W multiples of {patch}; got {input_shape}"
-            )
-        self.patches = nn.Conv2d(input_shape[0], width, patch, stride=patch)
-        count = (input_shape[1] // patch) * (input_shape[2] // patch)
-        self.positions = nn.Parameter(torch.randn(1, count + 1, width) * 0.02)
-        self.class_token = nn.Parameter(torch.zeros(1, 1, width))
-
-    def _tokens(self, x: torch.Tensor, first: torch.Tensor) -> torch.Tensor:
-        patches = self.patches(x).flatten(2).transpose(1, 2)
-        return torch.cat([first, patches], 1) + self.positions
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        tokens = self._tokens(x, self.class_token.expand(len(x), -1, -1))
-        for layer in self.layers:
-            tokens = layer(tokens)
-        return self.head(self.norm(tokens[:, 0]))
-
-    def denoise(self, x: torch.Tensor, z: torch.Tensor, sigma: torch.Tensor, layers: range) -> torch.Tensor:
-        c, condition = self.conditioning(sigma)
-        tokens = self._tokens(x, self.state_in(c["c_in"].unsqueeze(1) * z).unsqueeze(1))
-        for i in layers:
-            tokens = self.layers[i](tokens, condition)
-        return self.readout(tokens[:, 0], z, c, condition)
-
-
-def _resmlp_from_spec(
-    input_shape: Sequence[int], num_classes: int, sizes: list[int], options: list[str]
-) -> nn.Module:
-    if len(sizes) != 2:
-        raise ValueError(f"resmlp takes a width and a number of layers, e.g. resmlp:256,6; got {sizes}")
-    return ResidualMLP(input_shape, num_classes, width=sizes[0], layers=sizes[1])
-
-
-def _vit_from_spec(
-    input_shape: Sequence[int], num_classes: int, sizes: list[int], options: list[str]
-) -> nn.Module:
-    if len(sizes) not in (2, 3):
-        raise ValueError(
-            f"vit takes a width, a number of layers and a patch size, e.g. vit:192,6,4; got {sizes}"
-        )
-    return ViT(input_shape, num_classes, *sizes)
-
-
-models.register_model(
-    "resmlp", models.ModelKind(_resmlp_from_spec, (256, 6), (), "width and layers, e.g. resmlp:256,6")
-)
-models.register_model(
-    "vit", models.ModelKind(_vit_from_spec, (192, 6, 4), (), "width, layers and patch size, e.g. vit:192,6,4")
-)
 
 
 # -- the rule ---------------------------------------------------------------------------------------------
@@ -343,6 +154,7 @@ class DiffusionBlocks(Algorithm):
         self.block_layers = [range(b * per_block, (b + 1) * per_block) for b in range(c.blocks)]
         self.boundaries = block_boundaries(c.blocks, c.partition)
         self.ranges = training_ranges(self.boundaries, c.gamma)
+        self.range_cdfs = [(_cdf(lo), _cdf(hi)) for lo, hi in self.ranges]  # for sample_sigma, every step
         steps = c.inference_steps or c.blocks
         grid = block_boundaries(steps - 1, c.partition) if steps > 1 else [SIGMA_MAX]
         self.inference_grid = list(reversed(grid))  # sigma_max ... sigma_min
@@ -374,7 +186,7 @@ class DiffusionBlocks(Algorithm):
 
     def sample_sigma(self, block: int, n: int) -> torch.Tensor:
         """n noise levels in the block's widened range, by inverse CDF of the truncated log-normal."""
-        lo, hi = (_cdf(s) for s in self.ranges[block])
+        lo, hi = self.range_cdfs[block]
         u = lo + (hi - lo) * torch.rand(n, generator=self.generator, device=self.device, dtype=torch.float64)
         return _sigma_at(u).clamp(*self.ranges[block]).float()
 
