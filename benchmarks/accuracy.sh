@@ -6,6 +6,9 @@ set -euo pipefail
 which=${1:-all}
 out=${OUT:-benchmarks/out/runs}
 run() { python -m localearn.experiments "$@" --out "$out" --no-progress --device cpu; }
+# A run named NAME that exists already is continued (--resume): with a higher --epochs, one that stopped at
+# its cap trains on to the new cap, as if that had been its cap from the start (constant learning rate).
+run_named() { local name=$1; shift; run "$@" --name "$name" $([[ -f $out/$name/config.json ]] && echo --resume); }
 if [[ $which == mnist || $which == all ]]; then
   # 2x1000 MLP (Mono-Forward's MNIST network), preset lr, epoch cap 100, patience 10 on val accuracy.
   run mnist --algo mono_forward --seed 0
@@ -60,9 +63,10 @@ if [[ $which == ccl || $which == all ]]; then
 fi
 # NoProp (issue 13) on MNIST with its presets (T = 10 blocks of the paper's block, eta 0.1, AdamW 1e-3 / wd
 # 1e-3, batch 128, one-hot embeddings, no augmentation). One DT epoch is 10 passes over the data (9 to 20
-# minutes on 2 CPU cores), so the CPU runs stop at a small epoch cap; the paper ran 100 epochs.
+# minutes on 2 CPU cores), so the CPU runs stop at a small epoch cap; the paper ran 100 epochs. A higher
+# NOPROP_EPOCHS continues the runs already there.
 if [[ $which == noprop_dt || $which == all ]]; then
-  run mnist --algo noprop --seed 0 --epochs "${NOPROP_EPOCHS:-5}"
+  run_named mnist-noprop-noprop256-s0 mnist --algo noprop --seed 0 --epochs "${NOPROP_EPOCHS:-5}"
 fi
 if [[ $which == noprop_prototype ]]; then
   # The paper's best column: prototype embeddings (learned, starting as the class-mean images).
@@ -72,7 +76,7 @@ fi
 if [[ $which == noprop_bp || $which == all ]]; then
   # The structure-matched baseline: the same 10 blocks chained as in inference, trained end to end by
   # backprop (preset model=noprop: AdamW 1e-3 / wd 1e-3), under the same epoch cap and stopping rule.
-  run mnist --algo backprop --model noprop --seed 0 --epochs "${NOPROP_EPOCHS:-5}"
+  run_named mnist-backprop-noprop256-s0 mnist --algo backprop --model noprop --seed 0 --epochs "${NOPROP_EPOCHS:-5}"
 fi
 if [[ $which == noprop_ct || $which == all ]]; then
   # NoProp-CT (preset variant=ct: Adam 1e-3, eta 1); 20 inference steps instead of the paper's 1000, since

@@ -28,7 +28,7 @@ log = logging.getLogger(__name__)
 CONFIG, METRICS, CHECKPOINT, RESULT = "config.json", "metrics.jsonl", "checkpoint.pt", "result.json"
 PROGRESS = "progress.json"  # how far the epoch in flight had come, for what a kill loses
 # Parts of config.json that may differ when a run is resumed: where it ran from, not what it computes.
-NOT_COMPARED_ON_RESUME = ("versions", "invocation")
+NOT_COMPARED_ON_RESUME = ("versions", "invocation", "epoch_caps")
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> None:
@@ -102,14 +102,19 @@ class RunDirectory:
             leftover.unlink(missing_ok=True)
         if self.resume and self.file(CONFIG).exists():
             saved = json.loads(self.file(CONFIG).read_text())
+            old_cap, new_cap = epoch_cap(saved), epoch_cap(config)
+            raised = old_cap is not None and new_cap is not None and new_cap > old_cap
             differ = sorted(
                 k
                 for k in set(saved) | set(config)
-                if k not in NOT_COMPARED_ON_RESUME and _canonical(saved.get(k)) != _canonical(config.get(k))
+                if k not in NOT_COMPARED_ON_RESUME
+                and _canonical(_capless(saved, raised).get(k)) != _canonical(_capless(config, raised).get(k))
             )
             if differ:
                 raise ValueError(f"cannot resume {self.path}: its config differs in {', '.join(differ)}")
-            if self.file(RESULT).exists():
+            if raised:
+                self._raise_cap(saved, config, old_cap, new_cap)
+            elif self.file(RESULT).exists():
                 log.info("%s already finished; returning its result", self.path)
                 return json.loads(self.file(RESULT).read_text()), None
             state = self.load_checkpoint()
@@ -122,6 +127,33 @@ class RunDirectory:
         self.file(PROGRESS).unlink(missing_ok=True)
         atomic_write_json(self.file(CONFIG), config)
         return None, None
+
+    def _raise_cap(self, saved: dict[str, Any], config: dict[str, Any], old_cap: int, new_cap: int) -> None:
+        """A run resumed with a higher epoch cap trains on. That is the run a higher cap would have been
+        from the start only if nothing it did depended on the cap: it must have stopped at its cap (not
+        by patience: that decision stands), have one stage (each stage's cap ends it) and a constant
+        learning rate (a schedule spans the cap). Its earlier result stays beside it."""
+        result = json.loads(self.file(RESULT).read_text()) if self.file(RESULT).exists() else None
+        schedule = config.get("hyperparameters", {}).get("lr_schedule", "constant")
+        stages = config.get("trainer", {}).get("num_stages", 1)
+        why = None
+        if schedule != "constant":
+            why = f"its learning-rate schedule ({schedule}) spans the cap"
+        elif stages > 1:
+            why = f"it trains in {stages} stages, each ended by the cap"
+        elif result is not None and result["stop_reason"] != f"epoch cap {old_cap}":
+            why = f"it stopped because of {result['stop_reason']!r}, not its cap"
+        if why:
+            raise ValueError(
+                f"cannot raise the epoch cap of {self.path} from {old_cap} to {new_cap}: {why}, so the "
+                f"longer run would not be this one continued; start a new run (without --resume) or keep "
+                f"epochs={old_cap}"
+            )
+        if result is not None:
+            os.replace(self.file(RESULT), self.file(f"result-cap{old_cap}.json"))
+        history = [*saved.get("epoch_caps", [old_cap]), new_cap]
+        atomic_write_json(self.file(CONFIG), {**config, "epoch_caps": history})
+        log.info("%s: epoch cap raised from %d to %d; training on", self.path, old_cap, new_cap)
 
     # -- the checkpoint: written and read back here only ---------------------------------------------
     def save_checkpoint(self, state: dict[str, Any]) -> None:
@@ -168,6 +200,22 @@ class RunDirectory:
 
     def write_result(self, result: dict[str, Any]) -> None:
         atomic_write_json(self.file(RESULT), result)
+
+
+def epoch_cap(config: dict[str, Any]) -> int | None:
+    return config.get("trainer", {}).get("epochs")
+
+
+def _capless(config: dict[str, Any], drop: bool) -> dict[str, Any]:
+    """``config`` without the places that state its epoch cap (when ``drop``): a raised cap is compared
+    by ``_raise_cap``, not here."""
+    if not drop:
+        return config
+    config = json.loads(json.dumps(config, default=str))
+    config["trainer"].pop("epochs", None)
+    config["trainer"].get("stopping_rule", {}).pop("epoch_cap", None)
+    config.get("spec", {}).pop("epochs", None)
+    return config
 
 
 def _canonical(value: Any) -> str:

@@ -212,6 +212,8 @@ class Trainer:
             if state is not None:
                 self.load_state_dict(state)
                 self.resumes, self.seconds_lost = self.resumes + 1, self.seconds_lost + state["seconds_lost"]
+                if self.finished and self.stage_epoch < self.epochs:  # its cap was raised (RunDirectory.open)
+                    self.finished, self.stop_reason = False, ""
         for cb in self.callbacks:
             cb.on_fit_start(self)
         while not self.finished:
@@ -326,7 +328,7 @@ class Trainer:
             self.best_metric, self.best_epoch, self.bad_epochs = metric, self.epoch, 0
             self.best_val_accuracy = record["val_accuracy"]
             if metric is not None:
-                self.best_state = copy.deepcopy(self.algo.state_dict())
+                self.best_state = on_cpu(self.algo.state_dict())
         else:
             self.bad_epochs += 1
         if self.patience is not None and self.bad_epochs >= self.patience:
@@ -385,6 +387,18 @@ class Trainer:
         for cb in self.callbacks:
             if type(cb).__name__ in state["callbacks"]:
                 cb.load_state_dict(state["callbacks"][type(cb).__name__])
+
+
+def on_cpu(state: Any) -> Any:
+    """A copy of ``state`` with every tensor on the CPU. The best state waits there, so that peak device
+    memory is what training needs, not that plus a copy of the model and its optimizer state."""
+    if isinstance(state, torch.Tensor):
+        return state.detach().to("cpu", copy=True)
+    if isinstance(state, dict):
+        return {k: on_cpu(v) for k, v in state.items()}
+    if isinstance(state, list | tuple):
+        return type(state)(on_cpu(v) for v in state)
+    return copy.deepcopy(state)
 
 
 def _sync(device: torch.device) -> None:

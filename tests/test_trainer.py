@@ -1,5 +1,6 @@
 """The Trainer: one stopping rule, best-state restore, run directory, resume, clear errors."""
 
+import dataclasses
 import json
 import math
 import sys
@@ -415,3 +416,77 @@ def test_a_resumed_run_says_so_and_what_the_kill_cost(blobs, tmp_path):
     result = fit(True)
     assert result.extra["resumes"] == 1 and result.extra["seconds_lost"] == 12.5
     assert json.loads((tmp_path / "run" / "result.json").read_text())["seconds_lost"] == 12.5
+
+
+def test_a_run_that_stopped_at_its_cap_trains_on_when_the_cap_is_raised(blobs, tmp_path):
+    """Resumed with a higher epoch cap, a run that stopped at its cap computes what a run with that cap
+    from the start computes; where the cap shaped the run (a schedule, patience) it is refused."""
+    train, val, test = blobs
+
+    def fit(run_dir, epochs, resume=False, patience=10, **hp):
+        torch.manual_seed(0)
+        algo = make("backprop", ll.models.mlp(20, [8], 4), 4, **{"lr": 0.05, **hp})
+        trainer = ll.Trainer(
+            algo, train, val, test, epochs=epochs, patience=patience, run_dir=run_dir, resume=resume,
+            progress=False,
+        )  # fmt: skip
+        return trainer.fit(), algo
+
+    whole, whole_algo = fit(tmp_path / "whole", 4)
+    first, _ = fit(tmp_path / "raised", 2)
+    assert first.stop_reason == "epoch cap 2"
+    raised, raised_algo = fit(tmp_path / "raised", 4, resume=True)
+    assert raised.epochs == 4 and raised.stop_reason == "epoch cap 4"
+    assert raised.test_accuracy == whole.test_accuracy and raised.best_epoch == whole.best_epoch
+    for a, b in zip(whole_algo.net.parameters(), raised_algo.net.parameters(), strict=True):
+        assert torch.equal(a, b)
+    run = tmp_path / "raised"
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [
+        1,
+        2,
+        3,
+        4,
+    ]
+    assert json.loads((run / "result-cap2.json").read_text())["epochs"] == 2
+    assert json.loads((run / "config.json").read_text())["epoch_caps"] == [2, 4]
+    # Resumed again with the cap it now has, the finished run gives back its result.
+    assert fit(run, 4, resume=True)[0].test_accuracy == raised.test_accuracy
+
+    fit(tmp_path / "cosine", 2, lr_schedule="cosine")
+    with pytest.raises(ValueError, match="schedule \\(cosine\\) spans the cap"):
+        fit(tmp_path / "cosine", 4, resume=True, lr_schedule="cosine")
+    assert (tmp_path / "cosine" / "result.json").exists()  # a refused raise leaves the run as it was
+    assert fit(tmp_path / "still", 3, patience=1, lr=1e-12)[0].stop_reason.startswith("no improvement")
+    with pytest.raises(ValueError, match="stopped because of 'no improvement"):
+        fit(tmp_path / "still", 5, resume=True, patience=1, lr=1e-12)
+    with pytest.raises(ValueError, match="config differs in spec|config differs in .*trainer"):
+        fit(tmp_path / "whole", 3, resume=True)  # a lower cap is a different run
+
+
+@pytest.mark.parametrize(
+    "device",
+    ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU"))],
+)
+def test_the_best_state_is_a_copy_held_on_the_cpu(device, blobs):
+    """So that peak device memory is training's own: the kept state is no second model on the device, and
+    no view of the live one (which would move on with training)."""
+    torch.manual_seed(0)
+    algo = make("mono_forward", ll.models.mlp(20, [16], 4), 4, device=device)
+    train, val, test = (dataclasses.replace(s, x=s.x.to(device), y=s.y.to(device)) for s in blobs)
+    trainer = ll.Trainer(algo, train, val, test, epochs=2, progress=False)
+    trainer.fit()
+    kept = list(_tensors(trainer.best_state))
+    live = {p.data_ptr() for p in algo.net.parameters()}
+    assert kept and all(t.device.type == "cpu" for t in kept)
+    assert not live & {t.data_ptr() for t in kept}
+
+
+def _tensors(state):
+    if isinstance(state, torch.Tensor):
+        yield state
+    elif isinstance(state, dict):
+        for v in state.values():
+            yield from _tensors(v)
+    elif isinstance(state, list | tuple):
+        for v in state:
+            yield from _tensors(v)
