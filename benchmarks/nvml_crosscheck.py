@@ -4,18 +4,23 @@ Trains mono_forward and backprop on MNIST (2x1000 MLP, preset settings) through 
 one window read by both GPU sources at once, so the two figures cover exactly the same work; they should
 agree within a few percent (ml.energy's guidance; A100/H100 power readings sample only part of the time).
 
+Before the first window, both sources read the idle GPU for ``--idle`` seconds: the power it draws doing
+nothing, which every figure of a run includes.
+
     LOCALEARN_DATA=../shared/data python benchmarks/nvml_crosscheck.py [--epochs 10] [--interval 0.1]
+        [--idle 5]
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 
 import torch
 
 import localearn as ll
-from localearn.energy import EnergyCallback, EnergyMeter, peak_memory
+from localearn.energy import EnergyCallback, EnergyMeter, MemoryCallback
 from localearn.energy.nvml import EnergyCounter, PowerSampler, nvml_handles
 from localearn.experiments.spec import resolve
 from localearn.experiments.train import build_algorithm
@@ -49,15 +54,27 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--interval", type=float, default=0.1, help="seconds between power samples")
+    p.add_argument("--idle", type=float, default=5.0, help="seconds of idle GPU read before training")
     args = p.parse_args()
     if not torch.cuda.is_available():
         sys.exit("no CUDA device: this benchmark needs a GPU")
     device = torch.device("cuda")
     nvml, handles = nvml_handles([torch.cuda.current_device()])
+    limit_watts = sum(nvml.nvmlDeviceGetEnforcedPowerLimit(h) for h in handles) / 1000
     print(
-        f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}, sampling every {args.interval} s"
+        f"{torch.cuda.get_device_name(device)}, driver {nvml.nvmlSystemGetDriverVersion()}, torch "
+        f"{torch.__version__}, power limit (TDP) {limit_watts:.0f} W, sampling every {args.interval} s"
     )
     train, val, test = ll.load_dataset("mnist", device=device)
+    torch.cuda.synchronize()
+    counter, sampler = EnergyCounter(nvml, handles), PowerSampler(nvml, handles, args.interval)
+    tokens = counter.begin(), sampler.begin()
+    time.sleep(args.idle)
+    counted, sampled = counter.end(tokens[0]), sampler.end(tokens[1])
+    print(
+        f"idle for {args.idle:.0f} s: counter {'-' if counted is None else f'{counted / args.idle:.1f}'} W, "
+        f"sampling {sampled / args.idle:.1f} W"
+    )
     for name in ("mono_forward", "backprop"):
         spec = resolve("mnist", name, device=str(device))  # the preset's network and settings
         algo = build_algorithm(spec, train, device)
@@ -71,18 +88,20 @@ def main() -> None:
             epochs=args.epochs,
             batch_size=spec.batch_size,
             patience=None,
-            callbacks=[both, EnergyCallback(meter)],
+            callbacks=[both, EnergyCallback(meter), MemoryCallback()],
             progress=False,
         ).fit()
         meter.close()
         c, s = both.joules["counter"], both.joules["sampling"]
-        peak, kind = peak_memory(device)
+        watts, peak = c / result.train_seconds, result.extra["peak_memory_bytes"] / 2**20
         print(
             f"{name}: test accuracy {result.test_accuracy:.4f}, {result.epochs} epochs, "
             f"{result.train_seconds:.1f} s; GPU joules counter {c:.1f}, sampling {s:.1f} "
-            f"(sampling/counter {s / c:.3f}; {both.short_windows} windows too short for the counter); "
-            f"meter total {result.extra['energy_joules']} J ({result.extra['energy_source']}); "
-            f"peak {peak / 2**20:.1f} MiB ({kind})"
+            f"(sampling/counter {s / c if c else float('nan'):.3f}; {both.short_windows} windows too short "
+            f"for the counter); meter total {result.extra['energy_joules']} J "
+            f"({result.extra['energy_source']}); training's peak {peak:.1f} MiB "
+            f"({result.extra['peak_memory_kind']}); average power while training {watts:.1f} W, "
+            f"{100 * watts / limit_watts:.0f} % of the limit"
         )
 
 

@@ -93,6 +93,32 @@ def test_local_activity_is_unbiased_for_each_units_local_loss(groups):
     assert torch.allclose(algo.net[2][0].weight.grad, true2[2], atol=1e-6)
 
 
+@pytest.mark.parametrize("groups, tangents", [(1, 1), (3, 2), (8, 1)])
+def test_the_grouped_linear_head_gives_the_same_gradients(groups, tangents, monkeypatch):
+    """An MLP's units take the shortcut (one grouped product for W's tangent); with it turned off, every
+    (tangent, group) runs through the head on its own. Same seed, same gradients, to rounding error."""
+    from localearn.algorithms import forward_gradient
+
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(16, 6, generator=g), torch.randint(0, 3, (16,), generator=g)
+
+    def gradients():
+        algo = fg(hidden=(8, 7), variant="local_activity", num_tangents=tangents, groups=groups)
+        algo.compute_gradients(x, y)
+        return [p.grad for p in [*algo.net.parameters(), *algo.readouts.parameters()]]
+
+    fast = gradients()
+    shortcut = forward_gradient.linear_head_split
+    monkeypatch.setattr(forward_gradient, "linear_head_split", lambda *args: None)
+    slow = gradients()
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-7) for a, b in zip(fast, slow, strict=True))
+    assert not all(torch.equal(a, torch.zeros_like(a)) for a in fast)
+    # The shortcut is taken for these units (a ReLU, then a head that starts with a linear map).
+    algo = fg(hidden=(8, 7), variant="local_activity", groups=groups)
+    pre, post, head = algo.local_units[0]
+    assert shortcut(post, head, torch.zeros(2, 8)) is not None
+
+
 def test_groups_reduce_the_variance_of_one_tangent():
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(16, 6, generator=g), torch.randint(0, 3, (16,), generator=g)

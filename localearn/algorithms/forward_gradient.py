@@ -94,12 +94,45 @@ def local_losses(z: torch.Tensor, post: nn.Module, head: nn.Module, y: torch.Ten
 
 
 @functools.lru_cache(maxsize=16)
+def feature_groups(features: int, groups: int, device: torch.device) -> torch.Tensor:
+    """[features]: the group of each feature, G contiguous blocks as tensor_split makes them; cached."""
+    sizes = [len(block) for block in torch.arange(features).tensor_split(groups)]
+    return torch.repeat_interleave(torch.arange(groups), torch.tensor(sizes)).to(device)
+
+
+@functools.lru_cache(maxsize=16)
 def feature_group_masks(features: int, groups: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    """[groups, features] 0/1 masks, the blocks of tensor_split; cached: every step asks for the same ones."""
-    masks = torch.zeros(groups, features, device=device, dtype=dtype)
-    for g, block in enumerate(torch.arange(features).tensor_split(groups)):
-        masks[g, block] = 1.0
-    return masks
+    """[groups, features] 0/1 masks of the blocks of ``feature_groups``."""
+    index = feature_groups(features, groups, device)
+    return (index == torch.arange(groups, device=device).unsqueeze(1)).to(dtype)
+
+
+@functools.lru_cache(maxsize=16)
+def padded_group_layout(features: int, groups: int, device: torch.device) -> torch.Tensor:
+    """[G, S] feature indices of each group (S the largest group's size), padded with ``features`` (an index
+    one past the end, which points at a zero column added for it)."""
+    blocks = torch.arange(features).tensor_split(groups)
+    layout = torch.full((groups, max(len(b) for b in blocks)), features, dtype=torch.long)
+    for g, block in enumerate(blocks):
+        layout[g, : len(block)] = block
+    return layout.to(device)
+
+
+ELEMENTWISE = (nn.ReLU, nn.ELU, nn.Tanh, nn.Sigmoid, nn.GELU, nn.LeakyReLU, nn.SiLU, nn.Identity)
+
+
+def linear_head_split(
+    post: nn.Module, head: nn.Module, z: torch.Tensor
+) -> tuple[nn.Linear, nn.Module] | None:
+    """(W, the rest of the head) when a flat unit's activation acts feature by feature and its head starts
+    with a linear map; None otherwise (then every group's derivative runs through the whole head)."""
+    if z.dim() != 2 or not all(isinstance(m, ELEMENTWISE) for m in post.children()):
+        return None
+    modules = [m for m in (head.children() if isinstance(head, nn.Sequential) else [head])]
+    modules = [m for m in modules if not isinstance(m, nn.Flatten)]
+    if not modules or not isinstance(modules[0], nn.Linear):
+        return None
+    return modules[0], nn.Sequential(*modules[1:])
 
 
 def directional_derivative(u: Any, f: Any, at: Any) -> tuple[torch.Tensor, torch.Tensor]:
@@ -190,26 +223,25 @@ class ForwardGradient(Algorithm):
     def activity_gradients(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         stats: dict[str, torch.Tensor] = {}
         h = x
+        k, groups = self.config.num_tangents, self.config.groups
         for i, (pre, post, head) in enumerate(self.local_units):
             z = pre(h.detach())  # the unit boundary: nothing flows to earlier units
             z_point = z.detach()
-            per_example_loss = functools.partial(local_losses, post=post, head=head, y=y)
-
             # Only active ReLU units can change the loss; perturbing the others only adds variance.
             mask = (z_point > 0).to(z.dtype) if len(post) and isinstance(post[0], nn.ReLU) else None
-            k, groups = self.config.num_tangents, self.group_masks(z_point)
             u = self.tangent_like(z_point, k)  # [K, N, ...]
             if mask is not None:
                 u = u * mask
-            # Each tangent's blocks, zero outside their group: one directional derivative per tangent,
-            # group and example, so a group is credited only for its own perturbation.
-            split = (u.unsqueeze(1) * groups.unsqueeze(1)).flatten(0, 1)  # [K * G, N, ...]
             with torch.no_grad():
-                _, derivatives = vmap(
-                    functools.partial(directional_derivative, f=per_example_loss, at=z_point)
-                )(split)  # [K * G, N]
-            grad_z = (derivatives.view(*derivatives.shape, *[1] * (z.dim() - 1)) * split).sum(0)
-            grad_z /= k * len(y)  # the mean loss over the batch
+                if linear_head_split(post, head, z_point) is not None:
+                    derivatives = self.group_derivatives_linear_head(z_point, u, post, head, y)
+                else:
+                    derivatives = self.group_derivatives(z_point, u, post, head, y)  # [K, G, N]
+            # sum_k sum_g d_kgn (u_kn restricted to group g) / K: each feature is credited with its own
+            # group's derivative only.
+            credit = derivatives.transpose(1, 2)  # [K, N, G]
+            credit = credit.index_select(2, feature_groups(z_point[0].numel(), groups, z.device))
+            grad_z = (credit.view(u.shape) * u).sum(0) / (k * len(y))  # the mean loss over the batch
             h = post(z_point)
             loss = F.cross_entropy(head(h.detach()), y)  # exact local gradient for the head
             # Disjoint graphs again: the unit's weights from grad_z, the head from its loss.
@@ -217,6 +249,37 @@ class ForwardGradient(Algorithm):
             stats[f"loss_unit{i + 1}"] = loss.detach()
         stats["loss"] = stats[f"loss_unit{len(self.local_units)}"]
         return stats
+
+    def group_derivatives(
+        self, z: torch.Tensor, u: torch.Tensor, post: nn.Module, head: nn.Module, y: torch.Tensor
+    ) -> torch.Tensor:
+        """[K, G, N]: the derivative of each example's loss along each tangent restricted to each group, by
+        one forward-mode pass per (tangent, group) through the activation and the head (vmap over them)."""
+        k, groups = self.config.num_tangents, self.config.groups
+        split = (u.unsqueeze(1) * self.group_masks(z).unsqueeze(1)).flatten(0, 1)  # [K * G, N, ...]
+        per_example_loss = functools.partial(local_losses, post=post, head=head, y=y)
+        _, derivatives = vmap(functools.partial(directional_derivative, f=per_example_loss, at=z))(split)
+        return derivatives.view(k, groups, len(z))
+
+    def group_derivatives_linear_head(
+        self, z: torch.Tensor, u: torch.Tensor, post: nn.Module, head: nn.Module, y: torch.Tensor
+    ) -> torch.Tensor:
+        """``group_derivatives`` when the activation acts feature by feature and the head starts with a
+        linear map W (an MLP's units): the same forward-mode derivatives, in fewer operations. The
+        activation's tangent is taken once per tangent (restricting to a group commutes with it), and W's
+        tangent for group g is W[:, g] t[g]: all G at once are one grouped product, the cost of one."""
+        k, groups = self.config.num_tangents, self.config.groups
+        linear, rest = linear_head_split(post, head, z)
+        h_point = post(z)
+        _, t = vmap(functools.partial(directional_derivative, f=post, at=z))(u)  # [K, N, F]
+        layout = padded_group_layout(z.shape[1], groups, z.device)  # [G, S]; F marks padding
+        t_padded = F.pad(t, (0, 1))[..., layout]  # [K, N, G, S]
+        w_padded = F.pad(linear.weight, (0, 1))[:, layout]  # [C, G, S]
+        tangents = torch.einsum("kngs,cgs->kgnc", t_padded, w_padded).flatten(0, 1)  # [K * G, N, C]
+        per_example_loss = functools.partial(local_losses, post=rest, head=nn.Identity(), y=y)
+        at = linear(h_point)
+        _, derivatives = vmap(functools.partial(directional_derivative, f=per_example_loss, at=at))(tangents)
+        return derivatives.view(k, groups, len(z))
 
     def compute_gradients(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """Fill ``.grad`` of every trained parameter with this step's forward-gradient estimate."""
