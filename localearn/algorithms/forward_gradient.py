@@ -224,6 +224,7 @@ class ForwardGradient(Algorithm):
         stats: dict[str, torch.Tensor] = {}
         h = x
         k, groups = self.config.num_tangents, self.config.groups
+        outputs, output_grads = [], []  # each unit's graph and what flows into it: one backward for all
         for i, (pre, post, head) in enumerate(self.local_units):
             z = pre(h.detach())  # the unit boundary: nothing flows to earlier units
             z_point = z.detach()
@@ -244,9 +245,10 @@ class ForwardGradient(Algorithm):
             grad_z = (credit.view(u.shape) * u).sum(0) / (k * len(y))  # the mean loss over the batch
             h = post(z_point)
             loss = F.cross_entropy(head(h.detach()), y)  # exact local gradient for the head
-            # Disjoint graphs again: the unit's weights from grad_z, the head from its loss.
-            torch.autograd.backward([z, loss], [grad_z, None])
+            outputs += [z, loss]  # the unit's weights learn from grad_z, its head from its own loss
+            output_grads += [grad_z, None]
             stats[f"loss_unit{i + 1}"] = loss.detach()
+        torch.autograd.backward(outputs, output_grads)  # disjoint graphs: cut at every unit's input
         stats["loss"] = stats[f"loss_unit{len(self.local_units)}"]
         return stats
 
