@@ -10,7 +10,8 @@ a denoiser of the label embedding over its own range of noise levels.
       sigma by inverse CDF of the truncated log-normal within it; y = E[label] / ||E[label]||;
       z = y + sigma eps; EDM preconditioning with sigma_data = 0.5 and s2 = sigma^2 + sigma_data^2:
       c_in = 1/sqrt(s2), c_skip = sigma_data^2/s2, c_out = sigma sigma_data/sqrt(s2), c_noise = ln(sigma)/4
-      F = layers_b(stem(x) + state_in(c_in z); c_noise)                 (only block b's layers run)
+      F = layers_b(c_in z; stem(x) + e(c_noise))   (only block b's layers run: a residual MLP whose state
+                                                    is the label, FiLM-conditioned on the image and sigma)
       logits = head(adaLN(c_out F + c_skip z; c_noise))                 (as the official code's denoise)
       L = w(sigma) CE(logits, label),  w(sigma) = (sigma^2 + sigma_data^2) / (sigma sigma_data)^2
       a backward through block b and the shared parts (stem, embeddings, head) only.

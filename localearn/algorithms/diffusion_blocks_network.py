@@ -39,29 +39,27 @@ def noise_features(c_noise: torch.Tensor) -> torch.Tensor:
 
 
 class ResidualLayer(nn.Module):
-    """h + MLP(adaLN(h; c)): layer norm whose scale and shift come from the noise level (zero at the start,
-    and absent for the backprop baseline, which has no noise level)."""
+    """h + MLP(FiLM(LN(h); c)): layer norm whose scale and shift come from the condition c (the image's
+    features, plus the noise level's when denoising). The MLP's last layer starts at zero, so that each
+    layer starts as the identity."""
 
     def __init__(self, width: int) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(width, elementwise_affine=False)
         self.modulation = nn.Linear(width, 2 * width)
-        nn.init.zeros_(self.modulation.weight)
-        nn.init.zeros_(self.modulation.bias)
         self.mlp = nn.Sequential(nn.Linear(width, 2 * width), nn.GELU(), nn.Linear(2 * width, width))
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
 
-    def forward(self, h: torch.Tensor, condition: torch.Tensor | None = None) -> torch.Tensor:
-        a = self.norm(h)
-        if condition is not None:
-            scale, shift = self.modulation(condition).chunk(2, dim=1)
-            a = a * (1 + scale) + shift
-        return h + self.mlp(a)
+    def forward(self, h: torch.Tensor, condition: torch.Tensor) -> torch.Tensor:
+        scale, shift = self.modulation(condition).chunk(2, dim=1)
+        return h + self.mlp(self.norm(h) * (1 + scale) + shift)
 
 
 class Denoiser(nn.Module):
     """What every DiffusionBlocks network has: ``layers``, the residual layers the blocks split, and the
-    parts all blocks share (everything else): the label embedding, the map of the noisy embedding in, the
-    noise-level embedding, and the head behind a final norm that the noise level modulates.
+    parts all blocks share (everything else): the label embedding, the noise-level embedding, and the head
+    behind a final norm that the noise level modulates (and each network's own input parts).
 
     ``forward(x)`` is an ordinary classifier through every layer (the backprop baseline); ``denoise(x, z,
     sigma, layers)`` runs only the given layers and returns class logits."""
@@ -75,7 +73,6 @@ class Denoiser(nn.Module):
         nn.init.zeros_(self.head_modulation.weight)
         nn.init.zeros_(self.head_modulation.bias)
         self.label_embedding = nn.Embedding(num_classes, width)
-        self.state_in = nn.Linear(width, width)
         self.noise_embedding = nn.Sequential(
             nn.Linear(NOISE_FEATURES, width), nn.SiLU(), nn.Linear(width, width)
         )
@@ -98,27 +95,30 @@ class Denoiser(nn.Module):
 
 
 class ResidualMLP(Denoiser):
-    """A shared stem (x -> width) and L residual layers; the noisy embedding is added to the stem's
-    features, so the layers denoise it in the light of x."""
+    """L residual layers whose state is the noisy label embedding being denoised, each conditioned (FiLM)
+    on the image through a shared stem and on the noise level, as the reference's MNIST example. As a
+    classifier (the backprop baseline) the stem's features are both the first state and the condition."""
 
     def __init__(
         self, input_shape: Sequence[int], num_classes: int, width: int = 256, layers: int = 6
     ) -> None:
         super().__init__(num_classes, width, [ResidualLayer(width) for _ in range(layers)])
-        self.stem = nn.Sequential(nn.Flatten(), nn.Linear(math.prod(input_shape), width))
+        self.stem = nn.Sequential(
+            nn.Flatten(), nn.Linear(math.prod(input_shape), width), nn.GELU(), nn.Linear(width, width)
+        )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        h = self.stem(x)
+        h = image = self.stem(x)
         for layer in self.layers:
-            h = layer(h)
+            h = layer(h, image)
         return self.head(self.norm(h))
 
     def denoise(self, x: torch.Tensor, z: torch.Tensor, sigma: torch.Tensor, layers: range) -> torch.Tensor:
-        c, condition = self.conditioning(sigma)
-        h = self.stem(x) + self.state_in(c["c_in"].unsqueeze(1) * z)
+        c, noise_level = self.conditioning(sigma)
+        h, condition = c["c_in"].unsqueeze(1) * z, self.stem(x) + noise_level
         for i in layers:
             h = self.layers[i](h, condition)
-        return self.readout(h, z, c, condition)
+        return self.readout(h, z, c, noise_level)
 
 
 class TransformerLayer(nn.Module):
@@ -162,6 +162,7 @@ class ViT(Denoiser):
                 f"vit needs images [C, H, W] with H and W multiples of {patch}; got {input_shape}"
             )
         self.patches = nn.Conv2d(input_shape[0], width, patch, stride=patch)
+        self.state_in = nn.Linear(width, width)  # the noisy label embedding, in the class token's place
         count = (input_shape[1] // patch) * (input_shape[2] // patch)
         self.positions = nn.Parameter(torch.randn(1, count + 1, width) * 0.02)
         self.class_token = nn.Parameter(torch.zeros(1, 1, width))
