@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
 # On a GPU (issue 15): what only a GPU can show, in one call of at most about 6 minutes per dataset.
 #
-#   mnist:   the NVML counter beside NVML power sampling (idle power first; average power against the
-#            limit), throughput and step memory of every rule (benchmarks/throughput.py), and Mono-Forward
-#            against backprop on MNIST (2x1000) to convergence, two seeds each, through `compare`.
+#   mnist:   the tests that need a GPU; the NVML counter beside NVML power sampling (idle power first,
+#            average power against the limit); throughput and step memory of every rule
+#            (benchmarks/throughput.py); Mono-Forward against backprop on MNIST (2x1000) to convergence,
+#            two seeds each, through `compare`.
 #   cifar10: Mono-Forward against backprop on the 3x2000 MLP with crop+flip, to convergence, two seeds each.
 #
 # Prepare here (once per dataset; each call carries one dataset, the wheels fit beside MNIST only):
 #   ../shared/tools/pack-gpu-data.sh mnist      # -> .gpu-mnist (about 11 MB)
 #   ../shared/tools/pack-gpu-data.sh cifar10    # -> .gpu-cifar10 (about 60 MiB)
-#   .whl: codecarbon and rapidfuzz for Python 3.12 (the GPU machine lacks them; see RESULTS.md)
+#   .whl: codecarbon and rapidfuzz, the only packages the training path needs that the GPU machine lacks:
+#     python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux2014_x86_64 \
+#       -d .whl codecarbon==3.3.2 rapidfuzz==3.14.6
 # There:   bash benchmarks/gpu.sh mnist     (carry .gpu-mnist and .whl)
 #          bash benchmarks/gpu.sh cifar10   (carry .gpu-cifar10; CPU and RAM energy then go unmetered)
 # Results go to $OUT (what comes back): the log, report-DATASET.md, throughput.json and
@@ -46,6 +50,9 @@ $py -c "import codecarbon; print('codecarbon', codecarbon.__version__)" || echo 
 section() { echo; echo "== $1 (at ${SECONDS} s)"; }
 
 if [[ $which == mnist ]]; then
+  section "tests that need a GPU: no rule's step waits for the device; the best state waits on the CPU"
+  $py -m pytest -q -p no:cacheprovider tests/test_host_sync.py tests/test_trainer.py -k "on_a_gpu or cuda" \
+    || echo "GPU tests FAILED (the measurements go on)"
   if [[ $device == cuda ]]; then
     section "NVML counter against power sampling, 5 epochs per rule"
     $py benchmarks/nvml_crosscheck.py --epochs 5 --idle 5
