@@ -1,12 +1,15 @@
 """The figures the comparison report is built from: intervals and tests over seeds (against t tables and
-closed forms), and what a run had spent to a target and at a number of data passes."""
+closed forms), what a run had spent to a target and at a number of data passes, and the verdicts."""
 
+import json
 import math
 
 import pytest
 
 from localearn.experiments.budget import at_passes, matched_passes, to_target
+from localearn.experiments.report import comparisons, load_runs, write_report
 from localearn.experiments.stats import mean_interval, t_quantile, t_two_sided_p, verdict, welch_p
+from localearn.experiments.verdicts import headline
 
 
 @pytest.mark.parametrize(
@@ -78,3 +81,61 @@ def test_spend_at_matched_passes():
     at = at_passes(three_passes, passes)
     assert (at["data_passes"], at["val_accuracy"], at["exact"]) == (3, 0.7, False)
     assert at_passes(three_passes, 2) is None
+
+
+def write_run(root, name, algorithm, seed, accuracies, passes_per_epoch=1, joules=100.0, seconds=10.0):
+    """A finished run directory whose metrics.jsonl holds ``accuracies`` as its validation curve."""
+    d = root / name
+    d.mkdir(parents=True)
+    metrics = records(accuracies, passes_per_epoch, seconds, joules)
+    (d / "config.json").write_text(json.dumps({"algorithm": algorithm, "seed": seed}))
+    (d / "metrics.jsonl").write_text("".join(json.dumps(m) + "\n" for m in metrics))
+    result = {
+        "algorithm": algorithm,
+        "dataset": "mnist",
+        "model": "mlp:8",
+        "seed": seed,
+        "epochs": len(accuracies),
+        "data_passes": len(accuracies) * passes_per_epoch,
+        "device": "cpu",
+        "test_accuracy": max(accuracies),
+        "best_val_accuracy": max(accuracies),
+        "train_seconds": seconds * len(accuracies),
+        "energy_joules": joules * len(accuracies),
+        "hyperparameters": {},
+        "stopping_rule": {"patience": 10},
+    }
+    (d / "result.json").write_text(json.dumps(result))
+
+
+def test_the_verdicts_on_runs_with_known_records(tmp_path):
+    """Backprop's best is 0.90 in both seeds, so the target is 0.891: backprop reaches it at epoch 3, the
+    staged rule (3 passes an epoch) at its epoch 2 = 6 passes, the weak rule never."""
+    root = tmp_path / "runs"
+    for seed in (0, 1):
+        write_run(root, f"bp-s{seed}", "backprop", seed, [0.6, 0.8, 0.9, 0.9], joules=100.0)
+        write_run(root, f"mf-s{seed}", "mono_forward", seed, [0.85, 0.95], passes_per_epoch=3, joules=40.0)
+        write_run(root, f"ff-s{seed}", "forward_forward", seed, [0.5, 0.6, 0.7, 0.8], joules=10.0)
+    runs, _ = load_runs(root)
+    (comparison,) = comparisons(runs, "backprop")
+    assert comparison.target == pytest.approx(0.99 * 0.9)
+    assert comparison.passes == 4  # every run had 4 passes or more; mono_forward's epochs end at 3 and 6
+    bp, ff, mf = (comparison.by_label(n) for n in ("backprop", "forward_forward", "mono_forward"))
+    assert bp.target["data_passes"].values == [3.0, 3.0] and bp.target["joules"].values == [300.0, 300.0]
+    assert mf.target["data_passes"].values == [6.0, 6.0] and mf.target["joules"].values == [80.0, 80.0]
+    assert ff.target is None and ff.reached == 0
+    assert mf.target["joules"].verdict.startswith("cheaper (p = 0")  # 80 against 300, no spread
+    assert mf.at_passes["joules_per_pass"].values == [40.0 / 3, 40.0 / 3] and not mf.passes_exact
+    assert ff.at_passes["val_accuracy"].values == [0.8, 0.8]
+    lines = headline(comparison)
+    assert lines[0].startswith("Most accurate: mono_forward, test accuracy 0.9500")
+    assert lines[1].startswith(
+        "Cheapest to the target: mono_forward, 80.0 [80.0, 80.0] joules, 0.27x backprop"
+    )
+    assert "not reached in every run: forward_forward" in lines[1]
+    assert lines[2].startswith("Cheapest per data pass: forward_forward, 10.0 [10.0, 10.0] J per pass, 0.10x")
+    out = write_report(root, target=0.95, passes=3)
+    text = (out / "report.md").read_text()
+    assert "validation accuracy 0.9500 (given)" in text and "| at 3 passes: val accuracy" in text
+    assert "| backprop | 2 | 0.9000 [0.9000, 0.9000] | not reached (0 of 2 runs) |" in text
+    assert "<h2>Verdict</h2>" in (out / "report.html").read_text()

@@ -26,7 +26,7 @@ from ..algorithms.base import OptimizerConfig
 from ..data import DATASETS, DataError
 from ..rundir import check_writable
 from ..trainer import MONITORS, DivergenceError
-from . import compare, report, spec, train, tune
+from . import compare, report, spec, train, tune, verdicts
 
 COMMANDS = ("train", "compare", "tune", "report")
 # The run options and where each goes in spec.resolve (argparse dests; unset options are left out).
@@ -179,6 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--name", dest="comparison", help="comparison directory under --out (default: compare-DATASET)"
     )
+    _add_verdict_options(p)
     _add_run_options(p, "compare")
 
     p = sub.add_parser(
@@ -214,6 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs_dir", help="a directory holding run directories (searched at any depth)")
     p.add_argument("--baseline", default="backprop", help="the variant that ratios are taken to")
     p.add_argument("--report-dir", help="where the report goes (default: RUNS_DIR/report)")
+    _add_verdict_options(p)
     p.add_argument("-q", "--quiet", action="store_true")
     return top
 
@@ -258,10 +260,25 @@ def run_options(args: argparse.Namespace) -> dict[str, Any]:
     return given
 
 
+def _add_verdict_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--target",
+        type=float,
+        metavar="ACC",
+        help=f"the validation accuracy that energy and time are counted to (default: "
+        f"{verdicts.TARGET_FRACTION:.0%} of the baseline's mean best)",
+    )
+    p.add_argument(
+        "--passes", type=int, metavar="N", help="the matched data passes (default: the smallest run's total)"
+    )
+
+
 def dispatch(args: argparse.Namespace) -> int:
     """Resolve the command line into specs and hand them to the command's module."""
     if args.command == "report":
-        return report.main(args.runs_dir, baseline=args.baseline, report_dir=args.report_dir)
+        return report.main(
+            args.runs_dir, args.baseline, args.report_dir, target=args.target, passes=args.passes
+        )
     options = run_options(args)
     check_writable(options.get("out", "runs"))
     if args.command == "compare":
@@ -271,7 +288,9 @@ def dispatch(args: argparse.Namespace) -> int:
         specs = compare.plan(
             algorithms, seeds, root, lambda algo, seed: spec.resolve(args.dataset, algo, **options, seed=seed)
         )
-        return compare.main(specs, root, args.baseline, quiet=args.quiet)
+        return compare.main(
+            specs, root, args.baseline, quiet=args.quiet, target=args.target, passes=args.passes
+        )
     if args.command == "tune":
         run = spec.resolve(args.dataset, args.algo, **options)
         study = tune.resolve(

@@ -41,7 +41,14 @@ def plan(
     ]
 
 
-def main(specs: Sequence[RunSpec], root: Path, baseline: str, quiet: bool = False) -> int:
+def main(
+    specs: Sequence[RunSpec],
+    root: Path,
+    baseline: str,
+    quiet: bool = False,
+    target: float | None = None,
+    passes: int | None = None,
+) -> int:
     spec_files = [spec.save(root / "specs" / f"{spec.name}.json") for spec in specs]
     for i, (spec, path) in enumerate(zip(specs, spec_files, strict=True), 1):
         log.info("compare: run %d of %d: %s (%s)", i, len(specs), spec.name, path)
@@ -49,6 +56,6 @@ def main(specs: Sequence[RunSpec], root: Path, baseline: str, quiet: bool = Fals
         done = subprocess.run(command + (["-q"] if quiet else []))
         if done.returncode != 0:
             raise RuntimeError(f"run {i} of {len(specs)} failed (exit code {done.returncode}): {spec.name}")
-    out = write_report(root, baseline=baseline)
+    out = write_report(root, baseline=baseline, target=target, passes=passes)
     print(f"report: {out / 'report.md'}, {out / 'report.html'}, {out / 'report.csv'}")
     return 0

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..algorithms import ALGORITHMS
+from . import verdicts
 
 log = logging.getLogger(__name__)
 
@@ -283,18 +284,46 @@ def _cumulative_joules(metrics: list[dict[str, Any]]) -> list[float] | None:
     return xs
 
 
-def main(runs_dir: str | Path, baseline: str = "backprop", report_dir: str | Path | None = None) -> int:
+def comparisons(
+    runs: list[Run], baseline: str, target: float | None = None, passes: int | None = None
+) -> list[verdicts.Comparison]:
+    """The verdicts' comparison of each dataset and model."""
+    by_place: dict[tuple[str, str], dict[str, list[Run]]] = {}
+    for run in runs:
+        dataset, model, label = run.group
+        by_place.setdefault((dataset, model), {}).setdefault(label, []).append(run)
+    return [
+        verdicts.compare(dataset, model, groups, baseline, target, passes)
+        for (dataset, model), groups in sorted(by_place.items())
+    ]
+
+
+def main(
+    runs_dir: str | Path,
+    baseline: str = "backprop",
+    report_dir: str | Path | None = None,
+    target: float | None = None,
+    passes: int | None = None,
+) -> int:
     """The report command: ``python -m localearn.experiments report RUNS_DIR [--baseline NAME]``."""
     runs_dir = Path(runs_dir)
     if not runs_dir.is_dir():
         raise ValueError(f"runs directory {runs_dir} does not exist")
-    out = write_report(runs_dir, baseline=baseline, out=report_dir)
+    out = write_report(runs_dir, baseline=baseline, out=report_dir, target=target, passes=passes)
     print(f"report: {out / 'report.md'}, {out / 'report.html'}, {out / 'report.csv'}")
     return 0
 
 
-def write_report(runs_dir: str | Path, baseline: str = "backprop", out: str | Path | None = None) -> Path:
-    """Write report.md, report.csv, report.html and the plots into ``out`` (default RUNS_DIR/report)."""
+def write_report(
+    runs_dir: str | Path,
+    baseline: str = "backprop",
+    out: str | Path | None = None,
+    target: float | None = None,
+    passes: int | None = None,
+) -> Path:
+    """Write report.md, report.csv, report.html and the plots into ``out`` (default RUNS_DIR/report):
+    first the verdicts (``target``: a validation accuracy, default a fraction of the baseline's best;
+    ``passes``: the matched data passes, default the smallest run's), then the protocol and the table."""
     runs_dir = Path(runs_dir)
     runs, unfinished = load_runs(runs_dir)
     if not runs:
@@ -317,9 +346,15 @@ def write_report(runs_dir: str | Path, baseline: str = "backprop", out: str | Pa
         writer.writerow(cols)
         writer.writerows([["" if row[c] is None else row[c] for c in cols] for row in rows])
     plots = _plots(runs, out)
+    verdict_lines = [
+        ln for c in comparisons(runs, baseline, target, passes) for ln in verdicts.markdown(c) + [""]
+    ]
     md = [
         f"# localearn report: {runs_dir}",
         "",
+        "## Verdict",
+        "",
+        *verdict_lines,
         "## Protocol",
         "",
         *[f"- {ln}" for ln in lines],
@@ -333,15 +368,20 @@ def write_report(runs_dir: str | Path, baseline: str = "backprop", out: str | Pa
     ]
     md += [f"![{p.stem}]({p.name})" for p in plots]
     (out / "report.md").write_text("\n".join(md) + "\n")
-    (out / "report.html").write_text(_html(runs_dir, lines, rows, baseline, plots))
+    (out / "report.html").write_text(_html(runs_dir, verdict_lines, lines, rows, baseline, plots))
     log.info("report of %d runs written to %s", len(runs), out)
     return out
 
 
 def _html(
-    runs_dir: Path, lines: list[str], rows: list[dict[str, Any]], baseline: str, plots: list[Path]
+    runs_dir: Path,
+    verdict_lines: list[str],
+    lines: list[str],
+    rows: list[dict[str, Any]],
+    baseline: str,
+    plots: list[Path],
 ) -> str:
-    """One self-contained page: the table and the plots inlined as data URIs."""
+    """One self-contained page: the verdicts, the table and the plots inlined as data URIs."""
     from html import escape
 
     header, cells = display_table(rows, baseline)
@@ -359,7 +399,42 @@ def _html(
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>localearn report</title>"
         f"<style>{style}</style></head><body><h1>localearn report: {escape(str(runs_dir))}</h1>"
+        f"<h2>Verdict</h2>{_markdown_html(verdict_lines)}"
         f"<h2>Protocol</h2><ul>{items}</ul><h2>Results</h2><p>Ratios are to {escape(baseline)} on the "
         f"same dataset and model.</p><table><tr>{head}</tr>{body}</table><h2>Plots</h2>{images}"
         "</body></html>\n"
     )
+
+
+def _markdown_html(lines: list[str]) -> str:
+    """The verdict section's Markdown (headings, bullets, paragraphs, pipe tables) as HTML."""
+    from html import escape
+
+    html, table, bullets = [], [], []
+
+    def flush() -> None:
+        if bullets:
+            html.append("<ul>" + "".join(f"<li>{escape(b)}</li>" for b in bullets) + "</ul>")
+            bullets.clear()
+        if table:
+            rows = [r for r in table if not set(r) <= {"|", "-"}]
+            cells = [[c.strip() for c in r.strip("|").split("|")] for r in rows]
+            head = "".join(f"<th>{escape(c)}</th>" for c in cells[0])
+            body = "".join("<tr>" + "".join(f"<td>{escape(c)}</td>" for c in r) + "</tr>" for r in cells[1:])
+            html.append(f"<table><tr>{head}</tr>{body}</table>")
+            table.clear()
+
+    for line in lines:
+        if line.startswith("|"):
+            table.append(line)
+            continue
+        if line.startswith("- "):
+            bullets.append(line[2:])
+            continue
+        flush()
+        if line.startswith("### "):
+            html.append(f"<h3>{escape(line[4:])}</h3>")
+        elif line:
+            html.append(f"<p>{escape(line)}</p>")
+    flush()
+    return "".join(html)
