@@ -120,8 +120,14 @@ def test_report_files(runs_dir):
     row = "| mono_forward (schedule=sequential) | mnist | mlp:8 | 0 | 0.9100 | 2.0 | 2.0 | 10.0 | missing |"
     assert row in md
     assert "0.9400 ± 0.0141" in md  # mono_forward's mean ± sample SD
-    assert "Stopping rule:" in md and '"patience": 10' in md and "DIFFERS" not in md.split("Metered")[0]
+    rule = "Stopping rule: every run stopped at the first of no gain in val_accuracy greater than 0.0 for 10"
+    assert rule in md
+    assert "DIFFERS" not in md.split("Metered")[0]
     assert "Unfinished runs left out: killed" in md
+    assert "Energy, GPU: the GPU's own energy counter read through NVML: measured" in md
+    assert "Every energy figure here is measured." in md and "1 of 5 runs were not metered" in md
+    assert "| hyperparameter | backprop | mono_forward | mono_forward (schedule=sequential) |" in md
+    assert "| schedule | simultaneous | simultaneous | sequential |" in md
     assert "Seeds: distinct within every row." in md
     rows = (out / "report.csv").read_text().splitlines()
     assert rows[0].startswith("algorithm,dataset,model,runs,seeds,test accuracy,test accuracy sd")

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..algorithms import ALGORITHMS
-from . import verdicts
+from . import protocol, verdicts
 
 log = logging.getLogger(__name__)
 
@@ -191,45 +191,6 @@ def markdown_table(rows: list[dict[str, Any]], baseline: str) -> str:
     return "\n".join(lines + ["| " + " | ".join(line) + " |" for line in cells])
 
 
-def protocol(runs: list[Run]) -> list[str]:
-    """What every reader needs to judge the comparison, read from the runs themselves."""
-
-    def distinct(values: list[Any]) -> str:
-        unique = sorted({json.dumps(v, sort_keys=True, default=str) for v in values})
-        return unique[0] if len(unique) == 1 else "DIFFERS between runs: " + "; ".join(unique)
-
-    groups: dict[tuple[str, str, str], list[int]] = {}
-    for r in runs:
-        groups.setdefault(r.group, []).append(r.result["seed"])
-    repeated = [
-        f"{label} on {ds}" for (ds, _, label), seeds in sorted(groups.items()) if len(set(seeds)) < len(seeds)
-    ]
-    rules = distinct([r.result.get("stopping_rule") for r in runs])
-    measured = {r.result.get("energy_measured") for r in runs}
-    return [
-        f"Stopping rule: {rules} (epoch cap per stage for staged schedules); the best-validation state is "
-        "restored before the test set is scored once.",
-        "Seeds: distinct within every row."
-        if not repeated
-        else f"Seeds: REPEATED within {', '.join(repeated)}: their spread is not a spread over seeds.",
-        f"Metered window: {distinct([r.result.get('energy_window', MISSING) for r in runs])}.",
-        f"Devices: {distinct([r.result['device'] for r in runs])}.",
-        f"Energy sources: {distinct([r.result.get('energy_source', MISSING) for r in runs])}; methods: "
-        f"{distinct([r.result.get('energy_methods') for r in runs])}; each figure covers (process, "
-        f"machine or GPU device): {distinct([r.result.get('energy_scope', MISSING) for r in runs])}.",
-        "Energy figures are "
-        + (
-            "measured (hardware counters or power sensors)."
-            if measured == {True}
-            else "estimated at least in part (CodeCarbon's TDP or RAM model, or missing): read as estimates."
-        )
-        + f" CO2 country: {distinct([r.result.get('co2_country') for r in runs])}.",
-        f"Peak memory: {distinct([r.result.get('peak_memory_kind', MISSING) for r in runs])}.",
-        f"Batch size: {distinct([r.result.get('batch_size') for r in runs])}; augmentation: "
-        f"{distinct([r.result.get('augment') for r in runs])}.",
-    ]
-
-
 def _plots(runs: list[Run], out: Path) -> list[Path]:
     """Per dataset and model: accuracy against energy (a point per run), validation curves per run."""
     import matplotlib
@@ -334,7 +295,7 @@ def write_report(
     if not any(r["name"] == baseline for r in rows):
         log.warning("baseline %r has no runs here: ratio columns are missing", baseline)
     table = markdown_table(rows, baseline)
-    lines = protocol(runs)
+    lines = protocol.sentences(runs)
     if unfinished:
         lines.append(
             f"Unfinished runs left out: {', '.join(str(p.relative_to(runs_dir)) for p in unfinished)}."
@@ -346,6 +307,7 @@ def write_report(
         writer.writerow(cols)
         writer.writerows([["" if row[c] is None else row[c] for c in cols] for row in rows])
     plots = _plots(runs, out)
+    hyperparameters = protocol.hyperparameter_table(runs)
     verdict_lines = [
         ln for c in comparisons(runs, baseline, target, passes) for ln in verdicts.markdown(c) + [""]
     ]
@@ -365,10 +327,16 @@ def write_report(
         "",
         table,
         "",
+        "## Hyperparameters",
+        "",
+        *hyperparameters,
+        "",
     ]
     md += [f"![{p.stem}]({p.name})" for p in plots]
     (out / "report.md").write_text("\n".join(md) + "\n")
-    (out / "report.html").write_text(_html(runs_dir, verdict_lines, lines, rows, baseline, plots))
+    (out / "report.html").write_text(
+        _html(runs_dir, verdict_lines, lines, rows, baseline, plots, hyperparameters)
+    )
     log.info("report of %d runs written to %s", len(runs), out)
     return out
 
@@ -380,8 +348,9 @@ def _html(
     rows: list[dict[str, Any]],
     baseline: str,
     plots: list[Path],
+    hyperparameters: list[str],
 ) -> str:
-    """One self-contained page: the verdicts, the table and the plots inlined as data URIs."""
+    """One self-contained page: the verdicts, the tables and the plots inlined as data URIs."""
     from html import escape
 
     header, cells = display_table(rows, baseline)
@@ -401,7 +370,8 @@ def _html(
         f"<style>{style}</style></head><body><h1>localearn report: {escape(str(runs_dir))}</h1>"
         f"<h2>Verdict</h2>{_markdown_html(verdict_lines)}"
         f"<h2>Protocol</h2><ul>{items}</ul><h2>Results</h2><p>Ratios are to {escape(baseline)} on the "
-        f"same dataset and model.</p><table><tr>{head}</tr>{body}</table><h2>Plots</h2>{images}"
+        f"same dataset and model.</p><table><tr>{head}</tr>{body}</table>"
+        f"<h2>Hyperparameters</h2>{_markdown_html(hyperparameters)}<h2>Plots</h2>{images}"
         "</body></html>\n"
     )
 
