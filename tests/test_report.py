@@ -134,13 +134,14 @@ def test_report_files(runs_dir):
     seq = next(r for r in rows if "sequential" in r).split(",")
     assert seq[rows[0].split(",").index("joules")] == ""  # missing, not 0
     for png in (
-        "mnist_mlp8_accuracy_vs_energy.png",
+        "mnist_mlp8_pareto.png",
         "mnist_mlp8_val_accuracy_vs_epochs.png",
+        "mnist_mlp8_val_accuracy_vs_passes.png",
         "mnist_mlp8_val_accuracy_vs_joules.png",
     ):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     html = (out / "report.html").read_text()
-    assert html.count("data:image/png;base64,") == 3 and 'src="http' not in html  # self-contained
+    assert html.count("data:image/png;base64,") == 4 and 'src="http' not in html  # self-contained
     assert "<td>missing</td>" in html
 
 

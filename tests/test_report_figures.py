@@ -7,6 +7,7 @@ import math
 import pytest
 
 from localearn.experiments.budget import at_passes, matched_passes, to_target
+from localearn.experiments.plots import pareto_front
 from localearn.experiments.report import comparisons, load_runs, write_report
 from localearn.experiments.stats import mean_interval, t_quantile, t_two_sided_p, verdict, welch_p
 from localearn.experiments.verdicts import headline
@@ -139,3 +140,8 @@ def test_the_verdicts_on_runs_with_known_records(tmp_path):
     assert "validation accuracy 0.9500 (given)" in text and "| at 3 passes: val accuracy" in text
     assert "| backprop | 2 | 0.9000 [0.9000, 0.9000] | not reached (0 of 2 runs) |" in text
     assert "<h2>Verdict</h2>" in (out / "report.html").read_text()
+
+
+def test_the_pareto_front_keeps_what_nothing_beats():
+    points = [(100.0, 0.90), (50.0, 0.85), (200.0, 0.95), (150.0, 0.88), (50.0, 0.80), (300.0, 0.95)]
+    assert pareto_front(points) == [(50.0, 0.85), (100.0, 0.90), (200.0, 0.95)]

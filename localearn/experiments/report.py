@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..algorithms import ALGORITHMS
+from . import plots as plotting
 from . import protocol, verdicts
 
 log = logging.getLogger(__name__)
@@ -191,60 +192,6 @@ def markdown_table(rows: list[dict[str, Any]], baseline: str) -> str:
     return "\n".join(lines + ["| " + " | ".join(line) + " |" for line in cells])
 
 
-def _plots(runs: list[Run], out: Path) -> list[Path]:
-    """Per dataset and model: accuracy against energy (a point per run), validation curves per run."""
-    import matplotlib
-
-    matplotlib.use("Agg")  # files only; no display here or on a cluster node
-    import matplotlib.pyplot as plt
-
-    labels = sorted({r.label for r in runs})
-    colours = {label: plt.cm.tab10(i % 10) for i, label in enumerate(labels)}
-    paths = []
-    for dataset, model in sorted({r.group[:2] for r in runs}):
-        subset = [r for r in runs if r.group[:2] == (dataset, model)]
-        prefix = f"{dataset}_{model}".replace(":", "").replace(",", "x").replace("/", "_")
-        for name, xlabel in [
-            ("accuracy_vs_energy", "energy (J, metered window)"),
-            ("val_accuracy_vs_epochs", "epoch"),
-            ("val_accuracy_vs_joules", "cumulative energy (J)"),
-        ]:
-            fig, ax = plt.subplots(figsize=(6, 4))
-            legend: set[str] = set()  # one legend entry per variant, not per run
-            for r in subset:
-                if name == "accuracy_vs_energy":
-                    x, y = [r.result.get("energy_joules")], [r.result["test_accuracy"]]
-                else:
-                    ms = [m for m in r.metrics if m.get("val_accuracy") is not None]
-                    x = [m["epoch"] for m in ms] if name.endswith("epochs") else _cumulative_joules(ms)
-                    y = [m["val_accuracy"] for m in ms]
-                if not y or x is None or None in x:  # a missing figure is left out, not drawn at 0
-                    continue
-                draw = ax.scatter if name == "accuracy_vs_energy" else ax.plot
-                draw(x, y, color=colours[r.label], label=None if r.label in legend else r.label)
-                legend.add(r.label)
-            ylabel = "test accuracy" if name == "accuracy_vs_energy" else "validation accuracy"
-            ax.set(xlabel=xlabel, ylabel=ylabel, title=f"{dataset}, {model}")
-            if legend:
-                ax.legend(fontsize=8)
-            fig.tight_layout()
-            paths.append(out / f"{prefix}_{name}.png")
-            fig.savefig(paths[-1], dpi=120)
-            plt.close(fig)
-    return paths
-
-
-def _cumulative_joules(metrics: list[dict[str, Any]]) -> list[float] | None:
-    """Joules up to each epoch; None when an epoch has no figure (the curve would be wrong)."""
-    total, xs = 0.0, []
-    for m in metrics:
-        if m.get("energy_joules") is None:
-            return None
-        total += m["energy_joules"]
-        xs.append(total)
-    return xs
-
-
 def comparisons(
     runs: list[Run], baseline: str, target: float | None = None, passes: int | None = None
 ) -> list[verdicts.Comparison]:
@@ -306,7 +253,7 @@ def write_report(
         cols = csv_columns(baseline)
         writer.writerow(cols)
         writer.writerows([["" if row[c] is None else row[c] for c in cols] for row in rows])
-    plots = _plots(runs, out)
+    plots = plotting.draw(runs, out)
     hyperparameters = protocol.hyperparameter_table(runs)
     verdict_lines = [
         ln for c in comparisons(runs, baseline, target, passes) for ln in verdicts.markdown(c) + [""]
