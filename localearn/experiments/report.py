@@ -5,8 +5,12 @@ reported again later. Runs are grouped by (dataset, model, algorithm variant); a
 plus any choice-valued hyperparameter that differs from its default (say, ``schedule=sequential``) and any
 numeric one that differs between its runs there (say, ``lr=0.01``). The baseline is found by name: its
 only configuration on that dataset and model, else its default one.
-Every figure is a mean over the group's runs with its sample standard deviation, and a ratio to the
-baseline's mean on the same dataset and model. A figure a run did not record is shown as missing, never 0.
+The report opens with its verdicts (verdicts.py: the most accurate rule, the cheapest to a target accuracy,
+the cheapest per data pass, each with a 95 % interval and Welch's test against the baseline), then the
+protocol in sentences and the hyperparameters (protocol.py), the table, and the plots (plots.py). In the
+table every figure is a mean over the group's runs with its sample standard deviation and its ratio to
+the baseline's mean on the same dataset and model. A figure a run did not record is shown as missing,
+never 0.
 """
 
 from __future__ import annotations
@@ -172,17 +176,16 @@ def csv_columns(baseline: str) -> list[str]:
 
 
 def display_table(rows: list[dict[str, Any]], baseline: str) -> tuple[list[str], list[list[str]]]:
-    """Header and cells for reading: each figure as "mean ± sd", then the ratios to the baseline."""
-    header = ["algorithm", "dataset", "model", "seeds"] + [c for c, _, _ in FIGURES]
-    header += [f"{c} ×{baseline}" for c, _, _ in FIGURES] + ["energy measured"]
+    """Header and cells for reading: each figure as "mean ± sd (ratio to the baseline)"."""
+    header = ["algorithm", "dataset", "model", "seeds"] + [c for c, _, _ in FIGURES] + ["energy measured"]
     cells = []
     for row in rows:
         line = [row["algorithm"], row["dataset"], row["model"], row["seeds"]]
         for column, _, spec in FIGURES:
-            sd = row[f"{column} sd"]
-            line.append(_fmt(row[column], spec) + (f" ± {spec.format(sd)}" if sd is not None else ""))
-        line += [_fmt(row[f"{c} x{baseline}"]) for c, _, _ in FIGURES] + [_fmt(row["energy measured"])]
-        cells.append(line)
+            sd, ratio = row[f"{column} sd"], row[f"{column} x{baseline}"]
+            text = _fmt(row[column], spec) + (f" ± {spec.format(sd)}" if sd is not None else "")
+            line.append(text + (f" ({ratio:.2f}×)" if ratio is not None and row["name"] != baseline else ""))
+        cells.append(line + [_fmt(row["energy measured"])])
     return header, cells
 
 
@@ -270,7 +273,7 @@ def write_report(
         "",
         "## Results",
         "",
-        f"Ratios are to `{baseline}` on the same dataset and model.",
+        f"Mean ± sample SD over seeds; in brackets, the ratio to `{baseline}` on the same dataset and model.",
         "",
         table,
         "",
@@ -316,7 +319,8 @@ def _html(
         f"<!doctype html><html><head><meta charset='utf-8'><title>localearn report</title>"
         f"<style>{style}</style></head><body><h1>localearn report: {escape(str(runs_dir))}</h1>"
         f"<h2>Verdict</h2>{_markdown_html(verdict_lines)}"
-        f"<h2>Protocol</h2><ul>{items}</ul><h2>Results</h2><p>Ratios are to {escape(baseline)} on the "
+        f"<h2>Protocol</h2><ul>{items}</ul><h2>Results</h2><p>Mean ± sample SD over seeds; in brackets, "
+        f"the ratio to {escape(baseline)} on the "
         f"same dataset and model.</p><table><tr>{head}</tr>{body}</table>"
         f"<h2>Hyperparameters</h2>{_markdown_html(hyperparameters)}<h2>Plots</h2>{images}"
         "</body></html>\n"
