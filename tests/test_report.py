@@ -229,3 +229,26 @@ def test_compare_bad_input(extra, message, tmp_path, capsys):
     assert main(["compare", "mnist", *extra, "--out", str(tmp_path)]) == 2
     assert message in capsys.readouterr().err
     assert not list(tmp_path.iterdir())
+
+
+def test_the_html_page_renders_in_a_headless_browser(runs_dir, tmp_path):
+    """The page opened by a real browser (Chromium, headless): a screenshot that is not blank. Without
+    Chromium (Debian: apt-get install chromium) the test is skipped."""
+    import shutil
+    import subprocess
+
+    browser = shutil.which("chromium") or shutil.which("chromium-browser")
+    if browser is None:
+        pytest.skip("no Chromium here: apt-get install chromium to render the report in a real browser")
+    page = write_report(runs_dir) / "report.html"
+    shot = tmp_path / "page.png"
+    subprocess.run(
+        [browser, "--headless", "--no-sandbox", "--disable-gpu", "--window-size=1200,1600",
+         f"--screenshot={shot}", page.as_uri()],
+        check=True, capture_output=True, timeout=120,
+    )  # fmt: skip
+    import matplotlib.image
+
+    pixels = matplotlib.image.imread(shot)
+    assert pixels.shape[:2] == (1600, 1200)
+    assert pixels[..., :3].std() > 0.05  # text, tables and plots, not an empty page

@@ -30,7 +30,7 @@ def _distinct(values: list[Any]) -> tuple[Any, bool]:
     """(the value, True) when all agree, else (a '; '-joined list of the distinct values, False)."""
     unique = sorted({json.dumps(v, sort_keys=True, default=str) for v in values})
     if len(unique) == 1:
-        return values[0], True
+        return (MISSING if values[0] is None else values[0]), True
     return "; ".join(unique), False
 
 
