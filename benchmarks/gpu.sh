@@ -41,8 +41,8 @@ fi
 
 if [[ ${GPU_DRY:-0} == 1 ]]; then  # the same commands, tiny, on the CPU
   device=cpu run_flags=(--epochs 1) tp_flags=(--batches 64 --steps 1 --repeats 1)
-else
-  device=cuda run_flags=() tp_flags=()
+else  # GPU_EPOCHS caps the comparison's epochs if the minutes run short (then the report says so)
+  device=cuda run_flags=(${GPU_EPOCHS:+--epochs $GPU_EPOCHS}) tp_flags=()
   nvidia-smi --query-gpu=name,driver_version,power.limit,memory.total --format=csv
 fi
 $py -c "import torch, localearn; print('torch', torch.__version__, 'cuda', torch.version.cuda, 'localearn', localearn.__version__)"
