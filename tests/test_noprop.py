@@ -273,6 +273,22 @@ def test_the_structure_matched_baseline_is_the_chain_trained_end_to_end(blobs):
     assert torch.equal(algo.predict(test.x), first)
 
 
+def test_the_baseline_may_pass_logits_down_its_chain(blobs):
+    """noprop:W:logits: each block's logits (not their softmax) go into the chain; the same blocks and
+    noise otherwise. The NoProp rule keeps the paper's softmax and refuses the option."""
+    torch.manual_seed(0)
+    net = ll.models.from_spec("noprop:16:logits", (20,), 4)
+    assert net.chain_logits and len(net.blocks) == 10
+    net.eval()  # no dropout, batch norm on its running statistics: the same logits on every call
+    x = blobs[0].x[:8]
+    logits = net.blocks[0](x, torch.zeros(8, 4))
+    assert torch.equal(net.u_hat(0, x, torch.zeros(8, 4)), logits @ net.embedding)
+    net.chain_logits = False
+    assert torch.allclose(net.u_hat(0, x, torch.zeros(8, 4)), logits.softmax(1))
+    with pytest.raises(ValueError, match="option of the backprop baseline"):
+        make("noprop", "noprop:16:logits", 4, input_shape=(20,))
+
+
 def test_presets_and_the_baseline_on_the_command_line():
     dt = run_spec.resolve("mnist", "noprop")
     assert dt.model == "noprop:256" and dt.batch_size == 128 and dt.augment is False and dt.epochs == 100

@@ -37,6 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import models
 from ..splits import DataSplit
 from .base import (
     Algorithm,
@@ -83,6 +84,11 @@ class NoProp(Algorithm):
     def build_network(
         cls, model: str, input_shape: Sequence[int], num_classes: int, config: Any
     ) -> nn.Module:
+        if "logits" in models.parse_spec(model)[2]:
+            raise ValueError(
+                f"model {model!r}: 'logits' is an option of the backprop baseline's chain; NoProp's blocks "
+                "denoise the label embedding through softmax(logits) @ W_embed, as the paper's"
+            )
         return NoPropNetwork(
             input_shape,
             num_classes,

@@ -198,8 +198,12 @@ class NoPropNetwork(nn.Module):
         steps: int = 10,
         embedding: str = "onehot",
         embedding_dim: int = 20,
+        chain_logits: bool = False,
     ) -> None:
         super().__init__()
+        # The backprop baseline's option: each block passes logits @ W_embed down the chain instead of
+        # softmax(logits) @ W_embed (see _baseline_from_spec).
+        self.chain_logits = chain_logits
         check_choice("variant", variant, VARIANTS)
         check_choice("embedding", embedding, EMBEDDINGS)
         self.variant, self.steps, self.embedding_kind = variant, steps, embedding
@@ -230,7 +234,7 @@ class NoPropNetwork(nn.Module):
     ) -> torch.Tensor:
         """The block's estimate of the clean embedding: softmax(logits) @ W_embed."""
         logits = self.blocks[block](x, z) if t is None else self.blocks[block](x, z, time_features(t))
-        return logits.softmax(1) @ self.embedding
+        return (logits if self.chain_logits else logits.softmax(1)) @ self.embedding
 
     def forward(self, x: torch.Tensor, generator: torch.Generator | None = None) -> torch.Tensor:
         if generator is None and not self.training:
@@ -266,10 +270,16 @@ class NoPropNetwork(nn.Module):
 def _baseline_from_spec(
     input_shape: Sequence[int], num_classes: int, sizes: list[int], options: list[str]
 ) -> nn.Module:
-    return NoPropNetwork(input_shape, num_classes, block_factory(f"noprop:{sizes[0]}", input_shape))
+    """The structure-matched baseline. With the option ``logits`` the chain passes each block's logits,
+    not their softmax: trained end to end, ten softmaxes in a row learn slowly here (benchmarks/
+    noprop_chain.py; RESULTS.md)."""
+    blocks = block_factory(f"noprop:{sizes[0]}", input_shape)
+    return NoPropNetwork(input_shape, num_classes, blocks, chain_logits="logits" in options)
 
 
 models.register_model(
     "noprop",
-    models.ModelKind(_baseline_from_spec, (WIDTH,), (), "block width, e.g. noprop:256 (T = 10 DT blocks)"),
+    models.ModelKind(
+        _baseline_from_spec, (WIDTH,), ("logits",), "block width, e.g. noprop:256 (T = 10 DT blocks)"
+    ),
 )
