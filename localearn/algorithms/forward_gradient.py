@@ -29,6 +29,11 @@ each directional derivative covers (G jvps per tangent, through the activation a
 is plain activity perturbation; at G = the unit's width every feature gets its exact derivative times
 u^2, so only the scale is noisy.
 
+How the K x G derivatives are computed: for a unit whose activation acts feature by feature and whose
+head starts with a linear map W (an MLP's), the activation's tangent is taken once per tangent and W's
+tangent for all G groups is one grouped product; otherwise one forward-mode pass per (tangent, group)
+runs through the activation and the head. Both give the same numbers (tests/test_forward_gradient.py).
+
 The heads of hidden units 1..L-1 are auxiliary bias-free linear maps; the network's own head is the head
 of the last hidden unit and makes the prediction (as Mono-Forward's M_L). Tangents come from the rule's
 training generator (the base class's, saved with the state), so a resumed run draws the same tangents.
@@ -128,8 +133,8 @@ def linear_head_split(
     with a linear map; None otherwise (then every group's derivative runs through the whole head)."""
     if z.dim() != 2 or not all(isinstance(m, ELEMENTWISE) for m in post.children()):
         return None
-    modules = [m for m in (head.children() if isinstance(head, nn.Sequential) else [head])]
-    modules = [m for m in modules if not isinstance(m, nn.Flatten)]
+    children = head.children() if isinstance(head, nn.Sequential) else [head]
+    modules = [m for m in children if not isinstance(m, nn.Flatten)]
     if not modules or not isinstance(modules[0], nn.Linear):
         return None
     return modules[0], nn.Sequential(*modules[1:])
@@ -234,8 +239,9 @@ class ForwardGradient(Algorithm):
             if mask is not None:
                 u = u * mask
             with torch.no_grad():
-                if linear_head_split(post, head, z_point) is not None:
-                    derivatives = self.group_derivatives_linear_head(z_point, u, post, head, y)
+                linear_head = linear_head_split(post, head, z_point)
+                if linear_head is not None:
+                    derivatives = self.group_derivatives_linear_head(z_point, u, post, *linear_head, y)
                 else:
                     derivatives = self.group_derivatives(z_point, u, post, head, y)  # [K, G, N]
             # sum_k sum_g d_kgn (u_kn restricted to group g) / K: each feature is credited with its own
@@ -264,14 +270,19 @@ class ForwardGradient(Algorithm):
         return derivatives.view(k, groups, len(z))
 
     def group_derivatives_linear_head(
-        self, z: torch.Tensor, u: torch.Tensor, post: nn.Module, head: nn.Module, y: torch.Tensor
+        self,
+        z: torch.Tensor,
+        u: torch.Tensor,
+        post: nn.Module,
+        linear: nn.Linear,
+        rest: nn.Module,
+        y: torch.Tensor,
     ) -> torch.Tensor:
         """``group_derivatives`` when the activation acts feature by feature and the head starts with a
         linear map W (an MLP's units): the same forward-mode derivatives, in fewer operations. The
         activation's tangent is taken once per tangent (restricting to a group commutes with it), and W's
         tangent for group g is W[:, g] t[g]: all G at once are one grouped product, the cost of one."""
         k, groups = self.config.num_tangents, self.config.groups
-        linear, rest = linear_head_split(post, head, z)
         h_point = post(z)
         _, t = vmap(functools.partial(directional_derivative, f=post, at=z))(u)  # [K, N, F]
         layout = padded_group_layout(z.shape[1], groups, z.device)  # [G, S]; F marks padding
