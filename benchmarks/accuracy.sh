@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Accuracy against the papers (issue 2): Mono-Forward and backprop on the presets' networks, CPU.
-# Usage: LOCALEARN_DATA=../shared/data bash benchmarks/accuracy.sh [mnist|cifar10|ff|dfa|fg|ccl|noprop_dt|noprop_prototype|noprop_bp|noprop_ct|db_mnist|db_ablation|db_cifar10|all] > benchmarks/out/accuracy.log
+# Usage: LOCALEARN_DATA=../shared/data bash benchmarks/accuracy.sh [mnist|cifar10|ff|dfa|fg|ccl|noprop_dt|noprop_prototype|noprop_bp|noprop_ct|db_mnist|db_mnist_deep|db_ablation|db_cifar10|all] > benchmarks/out/accuracy.log
 # Every run goes through the command line, so the figures are the ones a user gets.
 set -euo pipefail
 which=${1:-all}
@@ -96,6 +96,12 @@ if [[ $which == db_ablation || $which == all ]]; then
   # The partition ablation: equal steps in ln sigma instead of equal probability.
   run mnist --algo diffusion_blocks --seed 0 --hp partition=uniform --epochs "${DB_EPOCHS:-20}" --patience 5 \
     --name mnist-diffusion_blocks_uniform-resmlp256x6-s0
+fi
+if [[ $which == db_mnist_deep ]]; then
+  # Four layers per block, as the paper's 12-layer ViT with B = 3: the highest-noise block, which must
+  # classify from x alone, gets twice the depth. Backprop on the same 12-layer backbone beside it.
+  run mnist --algo diffusion_blocks --model resmlp:256,12 --seed 0 --epochs "${DB_EPOCHS:-20}" --patience 5
+  run mnist --algo backprop --model resmlp:256,12 --seed 0 --epochs $((3 * ${DB_EPOCHS:-20})) --patience 15
 fi
 if [[ $which == db_cifar10 || $which == all ]]; then
   # CIFAR-10, residual MLP 512 wide, crop+flip (the dataset preset), the same pairing of budgets.
