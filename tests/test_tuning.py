@@ -292,3 +292,92 @@ def test_a_database_url_is_a_storage_too(image_tree, tmp_path):
     study = optuna.load_study(study_name="tiny-backprop", storage=url)
     assert [t.state for t in study.trials] == [COMPLETE, COMPLETE]
     assert not (tmp_path / "tuning" / "tiny-backprop.journal").exists()
+
+
+def test_a_postgresql_url_without_the_driver_names_the_extra(image_tree, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "psycopg", None)  # as if psycopg were not installed
+    for url in ("postgresql://tuner:secret@db.example:5432/studies", "postgresql+psycopg://tuner@db/studies"):
+        assert main([*tune_args(image_tree, tmp_path, trials=1), "--storage", url]) == 2
+        (line,) = capsys.readouterr().err.strip().splitlines()
+        assert line.startswith("error: ") and "pip install 'localearn[postgres]'" in line
+        assert "secret" not in line and "postgresql+psycopg://tuner" in line
+
+
+def test_heartbeat_settings_come_from_the_environment(monkeypatch):
+    monkeypatch.delenv("LOCALEARN_HEARTBEAT_SECONDS", raising=False)
+    monkeypatch.delenv("LOCALEARN_GRACE_SECONDS", raising=False)
+    assert tuning.heartbeat_settings() == (60, 180)
+    monkeypatch.setenv("LOCALEARN_HEARTBEAT_SECONDS", "2")
+    monkeypatch.setenv("LOCALEARN_GRACE_SECONDS", "5")
+    assert tuning.heartbeat_settings() == (2, 5)
+    monkeypatch.setenv("LOCALEARN_GRACE_SECONDS", "1.5")
+    with pytest.raises(ValueError, match=r"\$LOCALEARN_GRACE_SECONDS='1.5': expected a whole number"):
+        tuning.heartbeat_settings()
+    monkeypatch.setenv("LOCALEARN_GRACE_SECONDS", "2")  # a live worker's trial would be failed
+    with pytest.raises(ValueError, match="must be longer than"):
+        tuning.heartbeat_settings()
+
+
+def test_optuna_dashboard_shows_a_study_made_by_tune(image_tree, tmp_path):
+    """The README's way to watch a study: optuna-dashboard on the journal file, read through its HTTP API."""
+    import shutil
+    import urllib.request
+    from pathlib import Path
+
+    import pg_cluster
+
+    dashboard = shutil.which("optuna-dashboard", path=str(Path(sys.executable).parent)) or shutil.which(
+        "optuna-dashboard"
+    )
+    if dashboard is None:
+        pg_cluster.unavailable("optuna-dashboard is not installed")
+    assert main(tune_args(image_tree, tmp_path, trials=2, epochs=1)) == 0
+    journal = tmp_path / "tuning" / "tiny-backprop.journal"
+    port = pg_cluster.free_port()
+    server = subprocess.Popen(
+        [dashboard, str(journal), "--host", "127.0.0.1", "--port", str(port), "--quiet"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline, studies = time.monotonic() + 60, None
+        while studies is None:
+            assert server.poll() is None, server.stderr.read().decode()
+            assert time.monotonic() < deadline, "optuna-dashboard did not answer within 60 s"
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/studies", timeout=5) as r:
+                    studies = json.load(r)["study_summaries"]
+            except OSError:
+                time.sleep(0.5)
+        (study,) = studies
+        assert study["study_name"] == "tiny-backprop" and study["directions"] == ["maximize"]
+        with urllib.request.urlopen(
+            f"http://127.0.0.1:{port}/api/studies/{study['study_id']}", timeout=30
+        ) as r:
+            detail = json.load(r)
+        assert [t["number"] for t in detail["trials"]] == [0, 1]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def test_a_worker_asks_only_for_free_slots_and_reclaims_dead_ones_on_a_journal(tmp_path):
+    """next_trial: a new trial only while the finished and running ones are fewer than N; a wait while the
+    rest run (one may die); on a journal, a running trial whose process on this host is gone is failed and
+    its slot given out again."""
+    storage, _ = tuning.open_storage(None, tmp_path, "slots")
+    study = tuning.load_study("slots", storage)
+    lock = tuning.ask_lock(storage, None, tmp_path, "slots")
+    first, done = tuning.next_trial(study, 2, lock)
+    second, _ = tuning.next_trial(study, 2, lock)
+    assert not done and (first.number, second.number) == (0, 1)
+    assert first.user_attrs["pid"] == os.getpid() and first.user_attrs["host"]
+    assert tuning.next_trial(study, 2, lock) == (None, False)  # both slots running here: wait
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True)
+    storage.set_trial_user_attr(second._trial_id, "pid", int(gone.stdout))  # as if its worker had died
+    study.tell(first, 0.5)
+    third, done = tuning.next_trial(study, 2, lock)
+    assert study.trials[1].state == FAIL and third.number == 2 and not done
+    study.tell(third, 0.6)
+    assert tuning.next_trial(study, 2, lock) == (None, True)
+    assert (tmp_path / "slots.journal.ask.lock").exists()

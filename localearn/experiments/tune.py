@@ -4,8 +4,10 @@
 
 The study is described by a TuneSpec (the RunSpec every trial starts from, the study's name and storage,
 what the user fixed). With ``--workers K`` this command writes one worker file per process and starts
-``python -m localearn.experiments.tune FILE`` for each: the worker reads its study, its run and its share
-of trials from the file, never from a rebuilt command line.
+``python -m localearn.experiments.tune FILE`` for each: the worker reads its study and its run from the
+file, never from a rebuilt command line. Every worker, here or on another machine sharing a database
+study, runs trials until the study holds ``--trials`` finished ones (tuning.run_trials), so the same
+command on any number of machines ends with exactly that many.
 """
 
 from __future__ import annotations
@@ -86,28 +88,12 @@ def main(spec: TuneSpec, quiet: bool = False) -> int:
         tuning.fail_stale_trials(study)
     remaining = spec.trials - tuning.finished_trials(study)
     if remaining > 0 and spec.workers == 1:
-        work(spec, study, remaining)
+        work(spec, study, storage)
     elif remaining > 0:
-        shares = [remaining // spec.workers + (i < remaining % spec.workers) for i in range(spec.workers)]
-        workers = []
-        try:
-            for i, n in enumerate(shares):  # worker i: n trials, and a sampler stream of its own
-                if n > 0:
-                    path = spec.root / "workers" / f"{spec.study}-{i + 1}.json"
-                    path.parent.mkdir(parents=True, exist_ok=True)
-                    job = {"tune": spec.to_dict(), "index": i + 1, "trials": n, "quiet": quiet}
-                    atomic_write_json(path, {**job, "parent": os.getpid()})
-                    command = [sys.executable, "-m", "localearn.experiments.tune", str(path)]
-                    workers.append(subprocess.Popen(command))
-            codes = [w.wait() for w in workers]
-        finally:  # an error or Ctrl-C here stops the workers too (kill -9: see die_with_parent)
-            for w in workers:
-                if w.poll() is None:
-                    w.kill()
-                    w.wait()
-        if any(codes):
-            raise RuntimeError(f"tune: workers exited with {codes}; run the same command again to continue")
-    # The best parameters over what the presets and the user set (not the rule's defaults), for --params.
+        start_workers(spec, min(spec.workers, remaining), quiet)
+    # The best parameters over what the presets and the user set (not the rule's defaults), for --params;
+    # written from the study wherever it lives, so on a database any machine gets them by running the same
+    # command (with the study done, it runs no trial).
     base = {k: v for k, v in spec.run.hyperparameters.items() if spec.run.sources.get(k) != "default"}
     best_path = spec.root / f"{spec.study}.best.json"
     best = tuning.write_best(study, best_path, base)
@@ -118,8 +104,31 @@ def main(spec: TuneSpec, quiet: bool = False) -> int:
     return 0
 
 
-def work(spec: TuneSpec, study: Any, n_trials: int) -> None:
-    """Run ``n_trials`` trials of the study in this process."""
+def start_workers(spec: TuneSpec, n: int, quiet: bool) -> None:
+    """Run ``n`` worker processes on the study, each with a sampler stream of its own (its index), and
+    wait for them."""
+    workers = []
+    codes: list[int] = []
+    try:
+        for index in range(1, n + 1):
+            path = spec.root / "workers" / f"{spec.study}-{index}.json"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            job = {"tune": spec.to_dict(), "index": index, "quiet": quiet, "parent": os.getpid()}
+            atomic_write_json(path, job)
+            command = [sys.executable, "-m", "localearn.experiments.tune", str(path)]
+            workers.append(subprocess.Popen(command))
+        codes = [w.wait() for w in workers]
+    finally:  # an error or Ctrl-C here stops the workers too (kill -9: see die_with_parent)
+        for w in workers:
+            if w.poll() is None:
+                w.kill()
+                w.wait()
+    if any(codes):
+        raise RuntimeError(f"tune: workers exited with {codes}; run the same command again to continue")
+
+
+def work(spec: TuneSpec, study: Any, storage: Any) -> None:
+    """Run trials of the study in this process until it holds ``spec.trials`` finished ones."""
     from .. import tuning
     from ..algorithms import get_algorithm
 
@@ -147,9 +156,11 @@ def work(spec: TuneSpec, study: Any, n_trials: int) -> None:
             study,
             build_trainer,
             lambda trial: cls.search_space(trial, config),
-            n_trials,
+            spec.trials,
             spec.multi_objective,
             fixed=spec.fixed,
+            lock=tuning.ask_lock(storage, spec.storage, spec.root, spec.study),
+            poll=tuning.poll_seconds(storage),
         )
     finally:
         if meter:
@@ -175,7 +186,7 @@ def die_with_parent(parent: int) -> None:
 
 
 def worker_main(path: str | os.PathLike) -> int:
-    """A worker started by ``main``: its study, run and share of trials come from the file at ``path``."""
+    """A worker started by ``main``: its study and run come from the file at ``path``."""
     from .. import tuning
 
     job = json.loads(Path(path).read_text())
@@ -188,7 +199,7 @@ def worker_main(path: str | os.PathLike) -> int:
     spec = TuneSpec.from_dict(job["tune"])
     storage, _ = tuning.open_storage(spec.storage, spec.root, spec.study)
     study = tuning.load_study(spec.study, storage, spec.multi_objective, worker=job["index"])
-    work(spec, study, job["trials"])
+    work(spec, study, storage)
     return 0
 
 
