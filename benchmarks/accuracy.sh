@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Accuracy against the papers (issue 2): Mono-Forward and backprop on the presets' networks, CPU.
-# Usage: LOCALEARN_DATA=../shared/data bash benchmarks/accuracy.sh [mnist|cifar10|ff|dfa|fg|ccl|noprop_dt|noprop_prototype|noprop_bp|noprop_ct|db_mnist|db_mnist_deep|db_ablation|db_cifar10|all] > benchmarks/out/accuracy.log
+# Usage: LOCALEARN_DATA=../shared/data bash benchmarks/accuracy.sh [mnist|cifar10|ff|dfa|fg|ccl|noprop_dt|noprop_prototype|noprop_bp|noprop_ct|ccl_paper|mf_reference|ff_loewex|fg_momentum|db_mnist|db_mnist_deep|db_mnist_cosine|db_ablation|db_cifar10|all] > benchmarks/out/accuracy.log
 # Every run goes through the command line, so the figures are the ones a user gets.
 set -euo pipefail
 which=${1:-all}
@@ -61,6 +61,44 @@ if [[ $which == ccl || $which == all ]]; then
   run cifar10 --algo backprop --seed 0 --model mlp:1024,1024,1024:elu:nobias --batch-size 256 --no-augment \
     --epochs "${CIFAR_CCL_EPOCHS:-60}"
 fi
+# Comparisons under a paper's recipe (issue 16): every rule with the settings that paper gave it, backprop
+# included, each set in its own directory so that `report` on it gives that paper's comparison.
+if [[ $which == ccl_paper ]]; then
+  # The CCL paper's Table 1: CCL (ELU, bias-free), DFA and backprop (tanh, SGD, lr and clip from the paper's
+  # grid: benchmarks/ccl_bp_grid.sh) on its MLPs, to its 100 epochs, patience 10.
+  for dataset in mnist cifar10; do
+    for algo in counter_current dfa backprop; do
+      (out=$out/ccl_paper; run "$dataset" --algo "$algo" --recipe ccl_paper --seed 0 --epochs 100)
+    done
+  done
+  python -m localearn.experiments report "$out/ccl_paper"
+fi
+if [[ $which == mf_reference ]]; then
+  # The Mono-Forward reference study's MLP (He initialisation, zero biases, AdamW, M_L without bias).
+  for algo in mono_forward backprop; do
+    (out=$out/mf_reference; run mnist --algo "$algo" --recipe mf_reference --seed 0)
+  done
+  python -m localearn.experiments report "$out/mf_reference"
+fi
+if [[ $which == ff_loewex ]]; then
+  # What each of loeweX's extras changes (issue 16), one at a time on the FF preset, on a short budget
+  # (FF_EPOCHS, default 15; the cool-down spans its second half), in a directory of their own.
+  e=${FF_EPOCHS:-15}
+  for extra in none peer_normalisation=0.03 init=loewex lr_schedule=linear_cooldown; do
+    (out=$out/ff_loewex; run mnist --algo forward_forward --seed 0 --epochs "$e" \
+      $([[ $extra != none ]] && echo --hp "$extra") --name "ff-${extra%%=*}-s0")
+  done
+  python -m localearn.experiments report "$out/ff_loewex" --baseline forward_forward
+fi
+if [[ $which == fg_momentum ]]; then
+  # Forward gradient's weight preset: plain SGD at lr 1e-4 (the port's momentum 0) against the earlier
+  # momentum 0.9 at lr 1e-5, FG_EPOCHS each (default 5).
+  for setting in "1e-4 0" "1e-5 0.9"; do
+    set -- $setting
+    (out=$out/fg_momentum; run mnist --algo forward_gradient --seed 0 --lr "$1" --hp momentum="$2" \
+      --epochs "${FG_EPOCHS:-5}" --name "fg-lr$1-momentum$2-s0")
+  done
+fi
 # NoProp (issue 13) on MNIST with its presets (T = 10 blocks of the paper's block, eta 0.1, AdamW 1e-3 / wd
 # 1e-3, batch 128, one-hot embeddings, no augmentation). One DT epoch is 10 passes over the data (9 to 20
 # minutes on 2 CPU cores), so the CPU runs stop at a small epoch cap; the paper ran 100 epochs. A higher
@@ -102,6 +140,15 @@ if [[ $which == db_mnist_deep ]]; then
   # classify from x alone, gets twice the depth. Backprop on the same 12-layer backbone beside it.
   run mnist --algo diffusion_blocks --model resmlp:256,12 --seed 0 --epochs "${DB_EPOCHS:-20}" --patience 5
   run mnist --algo backprop --model resmlp:256,12 --seed 0 --epochs $((3 * ${DB_EPOCHS:-20})) --patience 15
+fi
+if [[ $which == db_mnist_cosine ]]; then
+  # The official README's recipe: the learning rate falls along a cosine to a tenth of its start over the
+  # budget (lr 5e-4 to 5e-5 there); the same schedule for backprop, over its (3 times longer) budget.
+  cosine=(--hp lr_schedule=cosine --hp lr_floor=0.1)
+  run mnist --algo diffusion_blocks --seed 0 "${cosine[@]}" --epochs "${DB_EPOCHS:-20}" --patience 5 \
+    --name mnist-diffusion_blocks_cosine-resmlp256x6-s0
+  run mnist --algo backprop --model resmlp --seed 0 "${cosine[@]}" --epochs $((3 * ${DB_EPOCHS:-20})) --patience 15 \
+    --name mnist-backprop_cosine-resmlp256x6-s0
 fi
 if [[ $which == db_cifar10 || $which == all ]]; then
   # CIFAR-10, residual MLP 512 wide, crop+flip (the dataset preset), the same pairing of budgets.

@@ -15,6 +15,7 @@ from torch import nn
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "elu": nn.ELU, "gelu": nn.GELU}
 CNN_CHANNELS = (64, 128, 256)  # cnn's default, here and for the spec "cnn"
+INITS = ("torch", "he")  # mlp's initialisations; "he" is also a spec option (mlp:1000,1000:he)
 
 
 def _activation(name: str) -> nn.Module:
@@ -29,11 +30,16 @@ def mlp(
     num_classes: int,
     activation: str = "relu",
     bias: bool = True,
+    init: str = "torch",
 ) -> nn.Sequential:
     """A multilayer perceptron: one unit per hidden layer (Linear + activation), then a Linear head.
 
-    The first unit flattens its input, so image tensors [N, C, H, W] go in as they are.
+    The first unit flattens its input, so image tensors [N, C, H, W] go in as they are. ``init``: "torch"
+    (nn.Linear's own) or "he", the Mono-Forward reference study's (``MF_MLP``): hidden weights He-uniform
+    for ReLU (bound sqrt(6 / fan_in)), the head N(0, 0.01), every bias zero.
     """
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; valid: {', '.join(INITS)}")
     if in_features < 1 or num_classes < 2 or any(h < 1 for h in hidden):
         raise ValueError(
             f"mlp needs in_features >= 1, hidden sizes >= 1 and num_classes >= 2; "
@@ -48,6 +54,14 @@ def mlp(
         width = size
     head: list[nn.Module] = [] if hidden else [nn.Flatten()]
     units.append(nn.Sequential(*head, nn.Linear(width, num_classes, bias=bias)))
+    if init == "he":
+        linears = [m for unit in units for m in unit if isinstance(m, nn.Linear)]
+        for layer in linears[:-1]:
+            nn.init.kaiming_uniform_(layer.weight, nonlinearity="relu")
+        nn.init.normal_(linears[-1].weight, std=0.01)
+        for layer in linears:
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
     return nn.Sequential(*units)
 
 
@@ -101,7 +115,12 @@ def _mlp_from_spec(
 ) -> nn.Module:
     activation = activation_of(options)
     return mlp(
-        math.prod(input_shape), sizes, num_classes, activation=activation, bias="nobias" not in options
+        math.prod(input_shape),
+        sizes,
+        num_classes,
+        activation=activation,
+        bias="nobias" not in options,
+        init="he" if "he" in options else "torch",
     )
 
 
@@ -116,7 +135,7 @@ def _cnn_from_spec(
 
 MODEL_KINDS: dict[str, ModelKind] = {
     "mlp": ModelKind(
-        _mlp_from_spec, (1000, 1000), (*ACTIVATIONS, "nobias"), "hidden sizes, e.g. mlp:1000,1000"
+        _mlp_from_spec, (1000, 1000), (*ACTIVATIONS, "nobias", "he"), "hidden sizes, e.g. mlp:1000,1000"
     ),
     "cnn": ModelKind(_cnn_from_spec, CNN_CHANNELS, tuple(ACTIVATIONS), "channels, e.g. cnn:64,128,256"),
 }
@@ -167,8 +186,9 @@ def from_spec(spec: str, input_shape: Sequence[int], num_classes: int) -> nn.Mod
     """Build a network from a text spec: ``kind[:sizes][:option...]``.
 
     ``mlp:1000,1000`` (hidden sizes), ``cnn:64,128,256`` (channels); options after the sizes name the
-    activation (relu, the default, tanh, elu, gelu) and ``nobias`` (MLP only), e.g. ``mlp:256,256:tanh``
-    or ``mlp:1024,1024:elu:nobias``. The spec is recorded in every result so the run can be rebuilt.
+    activation (relu, the default, tanh, elu, gelu), ``nobias`` and ``he`` (MLP only: no biases; the
+    Mono-Forward reference's initialisation, see ``mlp``), e.g. ``mlp:256,256:tanh`` or
+    ``mlp:1024,1024:elu:nobias``. The spec is recorded in every result so the run can be rebuilt.
     """
     kind, sizes, options = parse_spec(spec)
     spec_kind = MODEL_KINDS[kind]

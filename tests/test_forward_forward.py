@@ -159,3 +159,40 @@ def test_readout_trains_only_where_something_uses_it(prediction, negatives, trai
     algo = ff(prediction=prediction, negatives=negatives)
     algo.train_step(torch.randn(16, 6), torch.randint(0, 3, (16,)))
     assert bool(torch.any(algo.readout.weight != 0)) == trained
+
+
+def test_peer_normalisation_by_hand_and_checkpointed():
+    """loeweX's peer loss: the running mean takes 0.1 of this batch's mean activity per feature, and the loss
+    is the spread of the features' running means; the running means travel with the rule's state."""
+    algo = ff(hidden=(4, 4), peer_normalisation=0.03)
+    h = torch.tensor([[1.0, 0.0, 2.0, 0.0], [3.0, 0.0, 0.0, 1.0]])
+    running = 0.9 * 0.5 + 0.1 * h.mean(0)  # [0.65, 0.45, 0.55, 0.5]
+    expected = ((running.mean() - running) ** 2).mean()
+    assert torch.allclose(algo.peer_loss(0, h), expected)
+    assert torch.allclose(algo.aux["peer_means"].unit1, running)
+    assert torch.equal(algo.aux["peer_means"].unit2, torch.full((4,), 0.5))  # unit 2 untouched
+
+    x, y = torch.randn(12, 6), torch.arange(12) % 3
+    algo.train_step(x, y)
+    copy_ = ff(hidden=(4, 4), peer_normalisation=0.03)
+    copy_.load_state_dict(algo.state_dict())
+    for name in ("unit1", "unit2"):
+        assert torch.equal(getattr(copy_.aux["peer_means"], name), getattr(algo.aux["peer_means"], name))
+    # Peer normalisation changes the step: the same start and batch without it end elsewhere (plain SGD:
+    # Adam's first step is the gradient's sign, which the small peer term need not change).
+    sgd = {"optimizer": "sgd", "lr": 0.1}
+    with_peer, without = ff(peer_normalisation=0.03, **sgd), ff(**sgd)
+    with_peer.train_step(x, y)
+    without.train_step(x, y)
+    assert not torch.equal(with_peer.net[0][1].weight, without.net[0][1].weight)
+
+
+def test_loewex_initialisation():
+    torch.manual_seed(0)
+    algo = make("forward_forward", ll.models.mlp(784, [1000, 1000], 10), 10, init="loewex")
+    for unit in algo.units:
+        linear = [m for m in unit.modules() if isinstance(m, torch.nn.Linear)][0]
+        assert torch.equal(linear.bias, torch.zeros_like(linear.bias))
+        assert linear.weight.std().item() == pytest.approx(1000**-0.5, rel=0.02)
+    with pytest.raises(ll.algorithms.HyperparameterError, match="init.*torch, loewex"):
+        ff(init="xavier")

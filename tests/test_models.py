@@ -1,5 +1,6 @@
 import pytest
 import torch
+from torch import nn
 
 from localearn import models
 
@@ -60,3 +61,19 @@ def test_from_spec_options():
     # No options: ReLU with biases, as before.
     net = models.from_spec("mlp:8", (6,), 3)
     assert isinstance(net[0][2], torch.nn.ReLU) and net[0][1].bias is not None
+
+
+def test_he_initialisation():
+    """mlp:...:he is the Mono-Forward reference's: He-uniform hidden weights, head N(0, 0.01), zero biases."""
+    torch.manual_seed(0)
+    net = models.from_spec("mlp:1000,1000:he", (1, 28, 28), 10)
+    linears = [m for m in net.modules() if isinstance(m, nn.Linear)]
+    for layer in linears:
+        assert torch.equal(layer.bias, torch.zeros_like(layer.bias))
+    for layer in linears[:-1]:
+        bound = (6 / layer.in_features) ** 0.5
+        assert layer.weight.abs().max() <= bound
+        assert layer.weight.std().item() == pytest.approx(bound / 3**0.5, rel=0.02)  # uniform's SD
+    assert linears[-1].weight.std().item() == pytest.approx(0.01, rel=0.05)
+    with pytest.raises(ValueError, match="unknown init 'xavier'; valid: torch, he"):
+        models.mlp(4, [3], 2, init="xavier")

@@ -109,3 +109,21 @@ def test_convolutional_units_get_flattened_projections(image_blobs):
     assert algo.projections[0][1].weight.shape == (4, 4 * 4 * 4)
     with pytest.raises(ValueError, match="input_shape"):
         make("mono_forward", ll.models.cnn(3, 4, channels=(4, 6), image_size=8), 4)
+
+
+def test_bias_free_last_projection():
+    """last_projection='bias_free': the head is the reference's M_L, G_L = a_L M_L^T with no bias, drawn
+    afresh as the other projections, and it learns."""
+    algo = mf(last_projection="bias_free", lr=0.1, optimizer="sgd")
+    head = algo.net[2][0]
+    assert head.bias is None and "net.2.0.bias" not in {f"net.{k}" for k in algo.net.state_dict()}
+    x, y = torch.randn(5, 6), torch.tensor([0, 1, 2, 1, 0])
+    a = algo.net[1](algo.net[0](x))
+    assert torch.allclose(algo.predict(x), a @ head.weight.T)
+    before = head.weight.clone()
+    algo.train_step(x, y)
+    assert not torch.equal(head.weight, before)
+    # A state saved from it restores into a rule built the same way.
+    again = mf(last_projection="bias_free", lr=0.1, optimizer="sgd")
+    again.load_state_dict(algo.state_dict())
+    assert torch.equal(again.net[2][0].weight, head.weight)

@@ -15,7 +15,14 @@ from localearn.experiments.spec import RunSpec, resolve
     "dataset, algorithm, hp, flags, model, expected",
     [
         ("mnist", "dfa", [], {}, "mlp:256,256,256,256,256:tanh", {"optimizer": "sgd", "lr": 0.1}),
-        ("mnist", "forward_gradient", [], {}, "mlp:1024,1024", {"optimizer": "sgd", "lr": 1e-5}),
+        (
+            "mnist",
+            "forward_gradient",
+            [],
+            {},
+            "mlp:1024,1024",
+            {"optimizer": "sgd", "lr": 1e-4, "momentum": 0.0},
+        ),
         ("cifar10", "counter_current", [], {}, "mlp:1024,1024,1024:elu:nobias", {"lr": 0.5, "clip": 0.5}),
         # A variant brings its own preset, over the dataset's; the command line still wins.
         (
@@ -29,6 +36,9 @@ from localearn.experiments.spec import RunSpec, resolve
         # A bare kind takes the preset's sizes where the kinds agree, else the kind's defaults.
         ("mnist", "dfa", [], {"model": "mlp"}, "mlp:256,256,256,256,256:tanh", {}),
         ("mnist", "dfa", [], {"model": "cnn"}, "cnn:64,128,256", {}),
+        # A kind another rule's preset gives on this dataset takes its sizes there: one backbone for both.
+        ("cifar10", "backprop", [], {"model": "resmlp"}, "resmlp:512,6", {}),
+        ("mnist", "noprop", [], {"model": "mlp"}, "mlp:1000,1000", {}),
     ],
 )
 def test_presets_follow_the_algorithm_and_variant(dataset, algorithm, hp, flags, model, expected):

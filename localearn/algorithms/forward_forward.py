@@ -20,6 +20,14 @@ Prediction, selectable and named in results:
 - ``readout``: one pass with the neutral label (1/num_classes in each label input); a linear softmax
   classifier on the normalised activities of units 2..L, trained alongside on detached inputs.
 
+Options of loeweX/Forward-Forward, off by default (research notes, anchors_ff_mf.md section 1):
+- ``peer_normalisation`` (0.03 there): each unit's loss gains weight * mean_j (mean(r) - r_j)^2, where r is
+  a running mean (momentum 0.9, from 0.5) of each feature's activity on positive data, so that no feature
+  stays silent or dominates;
+- ``init="loewex"``: weights N(0, 1 / sqrt(out_features)), zero biases;
+- its linear learning-rate cool-down over the second half is ``lr_schedule=linear_cooldown``, shared by
+  every rule.
+
 Schedule: ``interleaved`` (every unit on every batch, as loeweX/Forward-Forward) or ``greedy`` (one unit at
 a time to its stopping point, then frozen). Validation loss is meaningless for FF (goodness sums are not
 logits), so stop on validation accuracy. The network's last child (a class-score head) is not used: FF's
@@ -50,15 +58,22 @@ class ForwardForwardConfig(OptimizerConfig):
     prediction: str = "goodness"  # goodness | readout
     schedule: str = "interleaved"  # interleaved | greedy
     readout_lr: float = 1e-3
+    peer_normalisation: float = 0.0  # weight of loeweX's peer-normalisation loss (0.03 there); 0: off
+    init: str = "torch"  # torch: nn.Linear's own | loewex: N(0, 1 / sqrt(out_features)), zero biases
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_positive("threshold", self.threshold)
         check_positive("readout_lr", self.readout_lr)
+        check_positive("peer_normalisation", self.peer_normalisation, allow_zero=True)
+        check_choice("init", self.init, ("torch", "loewex"))
         check_choice("negatives", self.negatives, ("random", "hard"))
         check_choice("prediction", self.prediction, ("goodness", "readout"))
         check_choice("schedule", self.schedule, ("interleaved", "greedy"))
 
+
+PEER_MOMENTUM = 0.9  # loeweX's running mean of each feature's activity
+PEER_START = 0.5  # and where it starts
 
 # Activations whose output is never negative: the only ones goodness (a sum of squares) can read.
 GOODNESS_ACTIVATIONS = (nn.ReLU, nn.ReLU6, nn.Softplus, nn.Sigmoid)
@@ -116,6 +131,17 @@ class ForwardForward(Algorithm):
                 f"the input has {linears[0].in_features} features, fewer than {num_classes} labels"
             )
         widths = [m.out_features for m in linears]
+        if self.config.init == "loewex":
+            for linear in linears:
+                nn.init.normal_(linear.weight, std=linear.out_features**-0.5)
+                if linear.bias is not None:
+                    nn.init.zeros_(linear.bias)
+        if self.config.peer_normalisation > 0:  # buffers in aux: checkpointed and restored with the rule
+            self.aux["peer_means"] = nn.Module()
+            for i, width in enumerate(widths):
+                self.aux["peer_means"].register_buffer(
+                    f"unit{i + 1}", torch.full((width,), PEER_START, device=self.device)
+                )
         self.thetas = [self.config.threshold * w for w in widths]
         # Goodness and the readout use units 2..L (Hinton); a one-unit network has only unit 1.
         self.scored = list(range(1, len(self.units))) if len(self.units) > 1 else [0]
@@ -187,6 +213,8 @@ class ForwardForward(Algorithm):
             goodness = h.pow(2).sum(1)
             loss = ff_loss(goodness[: len(y)], goodness[len(y) :], self.thetas[i])
             stats[f"loss_unit{i + 1}"] = loss.detach()
+            if self.config.peer_normalisation > 0:
+                loss = loss + self.config.peer_normalisation * self.peer_loss(i, h[: len(y)])
             total = total + loss
             a = rms_normalise(h)
         unit_opt.zero_grad(set_to_none=True)
@@ -202,6 +230,15 @@ class ForwardForward(Algorithm):
             readout_opt.step()
             stats["readout_loss"] = readout_loss.detach()
         return stats
+
+    def peer_loss(self, i: int, positive_activity: torch.Tensor) -> torch.Tensor:
+        """loeweX's peer normalisation of unit i: the running mean takes this batch's mean activity per
+        feature (the gradient flows through this batch's share only), and the loss is the spread of the
+        features' running means about their mean. Updates the running mean."""
+        running = getattr(self.aux["peer_means"], f"unit{i + 1}")
+        mean = PEER_MOMENTUM * running + (1 - PEER_MOMENTUM) * positive_activity.mean(0)
+        running.copy_(mean.detach())
+        return (mean.mean() - mean).pow(2).mean()
 
     def _readout_logits(self, x: torch.Tensor) -> torch.Tensor:
         acts = self.activities(self.embed(x, None))

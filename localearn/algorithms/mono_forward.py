@@ -12,7 +12,9 @@ cross-entropy; nothing crosses a unit boundary:
 Mapping onto an nn.Sequential [unit_1, ..., unit_L, head]: the head (the network's last child) maps a_L to
 class scores and so *is* M_L, the projection of the last hidden unit; units 1..L-1 get auxiliary
 bias-free projections (Kaiming-uniform, as nn.Linear). On a 2x1000 MLP this gives exactly the paper's
-W_1, M_1, W_2, M_2, and backprop trains the same network without M_1.
+W_1, M_1, W_2, M_2, and backprop trains the same network without M_1. With ``last_projection="bias_free"``
+the head is made the reference code's M_L (``MF_MLP.projection_matrices``): no bias, Kaiming-uniform as the
+other projections, so that G_L = a_L M_L^T exactly.
 
 Schedules (research notes, anchors_ff_mf.md section 2a; the sources disagree, so both are here):
 - ``simultaneous`` (default): every unit takes its local step on every batch (the paper's Algorithm 1).
@@ -46,11 +48,13 @@ from .base import (
 class MonoForwardConfig(OptimizerConfig):
     schedule: str = "simultaneous"  # simultaneous | sequential
     prediction: str = "last"  # last: argmax G_L | sum: argmax sum_i G_i
+    last_projection: str = "head"  # head: the network's head as it is | bias_free: the reference's M_L
 
     def __post_init__(self) -> None:
         super().__post_init__()
         check_choice("schedule", self.schedule, ("simultaneous", "sequential"))
         check_choice("prediction", self.prediction, ("last", "sum"))
+        check_choice("last_projection", self.last_projection, ("head", "bias_free"))
 
 
 class MonoForward(Algorithm):
@@ -60,6 +64,8 @@ class MonoForward(Algorithm):
     def __init__(self, net: nn.Module, num_classes: int, **kwargs: Any) -> None:
         super().__init__(net, num_classes, **kwargs)
         units = units_of(net, self.name)
+        if self.config.last_projection == "bias_free":
+            self._make_head_bias_free(units[-1])
         shapes = unit_output_shapes(units, self.input_shape, num_classes, self.name)
         # Local groups: (unit, its projection). The head is the projection of the last hidden unit.
         self.projections = nn.ModuleList(
@@ -73,6 +79,19 @@ class MonoForward(Algorithm):
             self.groups = [(units[0], nn.Identity())]
         self.num_stages = len(self.groups) if self.config.schedule == "sequential" else 1
         self.optimizers = self.optimizers_for_stage(0)
+
+    @staticmethod
+    def _make_head_bias_free(head: nn.Module) -> None:
+        """The head's Linear becomes M_L: drawn afresh as nn.Linear draws a weight (Kaiming-uniform, a =
+        sqrt(5)), as the reference draws its projections, and without a bias."""
+        linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
+        if len(linears) != 1:
+            raise ValueError(
+                f"last_projection='bias_free' needs a head with one nn.Linear; it has {len(linears)}"
+            )
+        (linear,) = linears
+        nn.init.kaiming_uniform_(linear.weight, a=5**0.5)
+        linear.register_parameter("bias", None)
 
     def optimizers_for_stage(self, stage: int) -> list[torch.optim.Optimizer]:
         active = [self.groups[stage]] if self.config.schedule == "sequential" else self.groups

@@ -27,6 +27,7 @@ from ..data import DATASETS, DataError
 from ..rundir import check_writable
 from ..trainer import MONITORS, DivergenceError
 from . import compare, report, spec, train, tune, verdicts
+from .presets import RECIPES
 
 COMMANDS = ("train", "compare", "tune", "report")
 # The run options and where each goes in spec.resolve (argparse dests; unset options are left out).
@@ -52,6 +53,7 @@ RUN_OPTIONS = (
     "country",
     "energy",
     "progress",
+    "recipe",
 )
 # Run options that a command sets itself (refused, in any spelling), and what to use instead.
 SET_BY = {
@@ -92,10 +94,21 @@ def _add_run_options(p: argparse.ArgumentParser, command: str) -> None:
     skip = set(SET_BY.get(command, {}))
     add = p.add_argument
     s = argparse.SUPPRESS
-    add("--model", default=s, help="mlp, mlp:H1,H2,..., cnn or cnn:C1,C2,..., then :activation or :nobias")
+    add(
+        "--model",
+        default=s,
+        help="mlp, mlp:H1,H2,..., cnn or cnn:C1,C2,..., then :activation, :nobias or :he (MLP)",
+    )
     add("--epochs", type=int, default=s, help="epoch cap (per stage for staged schedules)")
     add("--batch-size", type=int, default=s)
     add("--lr", type=float, default=s, help="learning rate (default: the preset's)")
+    add(
+        "--recipe",
+        default=s,
+        metavar="NAME",
+        help="a paper's comparison settings over the presets, for every rule that paper compared: "
+        + "; ".join(f"{name}: {', '.join(sorted(rules))}" for name, rules in RECIPES.items()),
+    )
     add("--hp", action="append", default=s, metavar="NAME=VALUE", help="any hyperparameter; repeatable")
     if "--params" not in skip:
         add(

@@ -12,6 +12,10 @@
 and each entry mixes run settings (``RUN_SETTINGS``) and the rule's hyperparameters. How these layers
 combine with ``--params``, flags and ``--hp`` is stated once, in spec.py. A new rule adds a table here and
 nothing else; a rule with a network of its own names it in its ``default_model``.
+
+``RECIPES`` holds the settings of one paper's comparison (``--recipe NAME``): for each rule that paper
+compared, what differs from the presets, keyed as above. A comparison with a paper's table runs every rule
+under that paper's recipe, so the baseline is the one the paper used, and the report names the recipe.
 """
 
 from __future__ import annotations
@@ -70,11 +74,15 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
             CIFAR, {"model": "mlp:1024,1024,1024:tanh", "augment": False, "optimizer": "sgd", "lr": 0.01}
         ),
     },
-    # Weight variant: the 1024-1024 MLP of the orobix/fwdgrad port, SGD at a small step (the estimate's norm
-    # grows with the parameter count; 3e-5 diverged on MNIST, 1e-5 did not). local_activity: Adam 1e-4 (3e-4
-    # stalled near 96 % on MNIST), 32 features per directional derivative as Ren et al.'s M/1/16 mixer.
+    # Weight variant: the 1024-1024 MLP of the orobix/fwdgrad port, plain SGD (momentum 0, as the port) at a
+    # small step (the estimate's norm grows with the parameter count: with momentum 0.9, 3e-5 diverged on
+    # MNIST and 1e-5 did not; 1e-4 without momentum is the same step in the long run). local_activity:
+    # Adam 1e-4 (3e-4 stalled near 96 % on MNIST), 32 features per directional derivative as Ren et al.'s
+    # M/1/16 mixer.
     "forward_gradient": {
-        **_each((*MNIST_LIKE, *CIFAR), {"model": "mlp:1024,1024", "optimizer": "sgd", "lr": 1e-5}),
+        **_each(
+            (*MNIST_LIKE, *CIFAR), {"model": "mlp:1024,1024", "optimizer": "sgd", "momentum": 0.0, "lr": 1e-4}
+        ),
         "variant=local_activity": {"optimizer": "adam", "lr": 1e-4, "groups": 32},
     },
     # The reference code's MLPs (ELU, no bias; 784-256x5-10 and 3072-1024x3-10), batch 256, no augmentation;
@@ -114,9 +122,66 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 }
 
 
+# The CCL paper's Table 1 (Kao & Hariharan 2024; research notes section 1c): backprop on the tanh MLPs (no
+# augmentation), plain SGD at batch 256 as CCL, learning rate and gradient clip chosen from the paper's grid
+# (lr 0.4 ... 0.01, clip 0.5 or 1) on validation after 5 epochs: lr 0.4 and clip 1 on both datasets
+# (benchmarks/ccl_bp_grid.sh, RESULTS.md). DFA's and CCL's presets are already the paper's networks and
+# settings.
+_CCL_BACKPROP = {"batch_size": 256, "augment": False, "optimizer": "sgd", "momentum": 0.0}
+RECIPES: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
+    "ccl_paper": {
+        "backprop": {
+            **_each(
+                MNIST_LIKE, {**_CCL_BACKPROP, "model": "mlp:256,256,256,256,256:tanh", "lr": 0.4, "clip": 1.0}
+            ),
+            **_each(CIFAR, {**_CCL_BACKPROP, "model": "mlp:1024,1024,1024:tanh", "lr": 0.4, "clip": 1.0}),
+        },
+        "counter_current": {"*": {}},
+        "dfa": {"*": {}},
+    },
+    # The Mono-Forward reference study's MLPs (Spyra's MF_MLP; research notes anchors_ff_mf.md section 2),
+    # for both rules: He-uniform hidden weights, zero biases, AdamW (weight decay 0, as the study's MF runs);
+    # MF's last projection M_L without bias (Kaiming-uniform, as its other projections). Each rule keeps its
+    # preset learning rate (MF's is the study's tuned one).
+    "mf_reference": {
+        algorithm: {
+            "*": {"model": "mlp:1000,1000:he", "optimizer": "adamw", "weight_decay": 0.0, **extra},
+            **_each(CIFAR, {"model": "mlp:2000,2000,2000:he"}),
+        }
+        for algorithm, extra in (("mono_forward", {"last_projection": "bias_free"}), ("backprop", {}))
+    },
+}
+
+
+def recipe_layers(recipe: str, algorithm: str, dataset: str) -> list[tuple[str, dict[str, Any]]]:
+    """The recipe's entries for this rule and dataset, lowest precedence first ("*", then the dataset's);
+    an unknown recipe, or one that does not cover the rule, is refused with what is valid."""
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown recipe {recipe!r}; valid: {', '.join(RECIPES)}")
+    table = RECIPES[recipe].get(algorithm)
+    if table is None:
+        covered = ", ".join(sorted(RECIPES[recipe]))
+        raise ValueError(f"recipe {recipe!r} has no settings for {algorithm}; it covers: {covered}")
+    entries = [table.get("*", {}), table.get(dataset, {})]
+    return [(f"recipe:{recipe}", {**entries[0], **entries[1]})]
+
+
 def dataset_preset(dataset: str) -> dict[str, Any]:
     """The run settings every algorithm gets on ``dataset`` (a name, or any path)."""
     return dict(DATASETS.get(dataset, GENERIC))
+
+
+def preset_model_of_kind(kind: str, dataset: str) -> str | None:
+    """The model of this kind that the dataset's preset gives, else that some rule's preset gives on
+    ``dataset`` (the rule whose network kind it is: DiffusionBlocks' resmlp), else on every dataset; None
+    where no preset names one."""
+    tables = [{dataset: dataset_preset(dataset)}, *PRESETS.values()]
+    for key in (dataset, "*"):
+        for table in tables:
+            model = table.get(key, {}).get("model")
+            if model is not None and model.split(":")[0] == kind:
+                return model
+    return None
 
 
 def algorithm_layers(

@@ -52,14 +52,23 @@ class Run:
     label: str = ""  # set by load_runs: the algorithm and whatever tells its configurations apart
 
     @property
+    def place(self) -> str:
+        """Where runs are compared: on one model, or under one paper's recipe (each rule on the network
+        that paper gave it, as the CCL paper's tanh backprop beside CCL's ELU network)."""
+        recipe = self.config.get("spec", {}).get("recipe", "")
+        return f"recipe {recipe}" if recipe else self.result["model"]
+
+    @property
     def group(self) -> tuple[str, str, str]:
-        return (self.result["dataset"], self.result["model"], self.label)
+        return (self.result["dataset"], self.place, self.label)
 
 
-def variant_label(algorithm: str, hparams: dict[str, Any], varying: Collection[str] = ()) -> str:
-    """The algorithm, with its non-default choices (string hyperparameters) and the numbers among
-    ``varying``, the hyperparameters that differ between its runs on one dataset and model, so that two
-    configurations are never averaged as if they were seeds of one."""
+def variant_label(
+    algorithm: str, hparams: dict[str, Any], varying: Collection[str] = (), recipe: str = ""
+) -> str:
+    """The algorithm, with its recipe (a paper's comparison settings), its non-default choices (string
+    hyperparameters) and the numbers among ``varying``, the hyperparameters that differ between its runs
+    on one dataset and model, so that two configurations are never averaged as if they were seeds of one."""
     cls = ALGORITHMS.get(algorithm)
     defaults = {f.name: f.default for f in dataclasses.fields(cls.Config)} if cls is not None else {}
     changed = [
@@ -68,20 +77,22 @@ def variant_label(algorithm: str, hparams: dict[str, Any], varying: Collection[s
         if (k in varying and not isinstance(v, str))
         or (k in defaults and isinstance(v, str) and v != defaults[k])
     ]
-    return f"{algorithm} ({', '.join(changed)})" if changed else algorithm
+    name = f"{algorithm} [{recipe}]" if recipe else algorithm
+    return f"{name} ({', '.join(changed)})" if changed else name
 
 
 def _label_runs(runs: list[Run]) -> None:
     by_algorithm: dict[tuple[str, str, str], list[Run]] = {}
     for run in runs:
-        key = (run.result["dataset"], run.result["model"], run.result["algorithm"])
+        key = (run.result["dataset"], run.place, run.result["algorithm"])
         by_algorithm.setdefault(key, []).append(run)
     for members in by_algorithm.values():
         hparams = [r.result.get("hyperparameters", {}) for r in members]
         keys = {k for h in hparams for k in h}
         varying = {k for k in keys if len({json.dumps(h.get(k), sort_keys=True) for h in hparams}) > 1}
         for run, hp in zip(members, hparams, strict=True):
-            run.label = variant_label(run.result["algorithm"], hp, varying)
+            recipe = run.config.get("spec", {}).get("recipe", "")
+            run.label = variant_label(run.result["algorithm"], hp, varying, recipe)
 
 
 def load_runs(runs_dir: Path) -> tuple[list[Run], list[Path]]:
@@ -122,18 +133,20 @@ def _mean_sd(values: list[Any]) -> tuple[float | None, float | None]:
 
 
 def summarise(runs: list[Run], baseline: str) -> list[dict[str, Any]]:
-    """One row per (dataset, model, variant), with ratios to the baseline on the same data and model."""
+    """One row per (dataset, model or recipe, variant), with ratios to the baseline on the same data and
+    model (or recipe)."""
     groups: dict[tuple[str, str, str], list[Run]] = {}
     for run in runs:
         groups.setdefault(run.group, []).append(run)
     rows = []
-    for (dataset, model, label), members in sorted(groups.items()):
+    for (dataset, place, label), members in sorted(groups.items()):
         seeds = sorted(r.result["seed"] for r in members)
         row: dict[str, Any] = {
             "name": members[0].result["algorithm"],
             "algorithm": label,
             "dataset": dataset,
-            "model": model,
+            "place": place,
+            "model": ", ".join(sorted({r.result["model"] for r in members})),
             "runs": len(members),
             "seeds": " ".join(map(str, seeds)),
         }
@@ -147,11 +160,12 @@ def summarise(runs: list[Run], baseline: str) -> list[dict[str, Any]]:
         row["energy measured"] = None if None in measured else all(measured)
         rows.append(row)
     for row in rows:
-        # The baseline on the same data and model: its only configuration there, else its default one.
+        # The baseline on the same data and model (or recipe): its only configuration there, else its
+        # default one.
         candidates = [
             b
             for b in rows
-            if b["name"] == baseline and b["dataset"] == row["dataset"] and b["model"] == row["model"]
+            if b["name"] == baseline and b["dataset"] == row["dataset"] and b["place"] == row["place"]
         ]
         plain = [b for b in candidates if b["algorithm"] == baseline]
         base = candidates[0] if len(candidates) == 1 else (plain[0] if plain else None)

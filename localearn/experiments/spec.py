@@ -9,6 +9,7 @@ each from the highest of these layers that sets it (the spec's ``sources`` says 
     3. rule         the rule's own network kind (``default_model``), where it has one
     4. preset:*     the algorithm's preset for every dataset, then ``preset:DATASET`` for this one
     5. preset:N=V   the algorithm's presets for its final choices (``variant=local_activity``, ``model=cnn``)
+    5b. recipe:R    a paper's comparison settings (``--recipe ccl_paper``, presets.RECIPES), where asked for
     6. params       tuned hyperparameters (``--params best`` or a JSON file)
     7. flag         the command line's options (--model, --epochs, --lr, ...)
     8. hp           ``--hp NAME=VALUE``
@@ -62,6 +63,7 @@ class RunSpec:
     progress: bool
     sources: dict[str, str]  # which layer set each hyperparameter and run setting
     command: str = ""  # the command line that asked for the run, as it can be typed again
+    recipe: str = ""  # a paper's comparison settings (presets.RECIPES); "": the presets alone
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -69,7 +71,7 @@ class RunSpec:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunSpec:
         fields = {f.name for f in dataclasses.fields(cls)}
-        d = {"command": "", **d}  # specs written before the command was recorded
+        d = {"command": "", "recipe": "", **d}  # specs written before these were recorded
         if set(d) != fields:
             raise ValueError(
                 f"not a run spec: missing {sorted(fields - set(d))}, unexpected {sorted(set(d) - fields)}"
@@ -221,10 +223,12 @@ def resolve(
     monitor: str = "val_accuracy",
     val_fraction: float = 0.1,
     command: str = "",
+    recipe: str = "",
     **flags: Any,
 ) -> RunSpec:
     """The RunSpec of one run. ``flags`` are the command line's run settings and ``lr`` (None: not given);
-    ``hp`` the ``--hp NAME=VALUE`` strings; ``params`` "best" or a JSON file of tuned values."""
+    ``hp`` the ``--hp NAME=VALUE`` strings; ``params`` "best" or a JSON file of tuned values; ``recipe`` a
+    paper's comparison settings, over the presets."""
     cls = get_algorithm(algorithm)
     unknown = sorted(set(flags) - {*presets.RUN_SETTINGS, "lr"})
     if unknown:
@@ -246,7 +250,8 @@ def resolve(
     ]
     if cls.default_model is not None:
         layers.append(("rule", {"model": cls.default_model}))
-    upper = [("params", tuned), ("flag", flags), ("hp", from_hp)]
+    recipe_layers = presets.recipe_layers(recipe, algorithm, label) if recipe else []
+    upper = [*recipe_layers, ("params", tuned), ("flag", flags), ("hp", from_hp)]
     base = presets.algorithm_layers(algorithm, label, {})
     choices = {}
     for _, layer in [*layers, *base, *upper]:
@@ -260,9 +265,15 @@ def resolve(
     for source, layer in layers:
         for key, value in layer.items():
             values[key], sources[key] = value, source
-    # A bare kind on the command line (--model mlp) takes the sizes of the model the presets give.
+    # A bare kind on the command line (--model mlp) takes the sizes of the model the presets give, or, for
+    # another kind, the sizes a rule's preset gives that kind on this dataset (backprop on --model resmlp
+    # gets DiffusionBlocks' backbone), so that every rule of a comparison has the same network.
     preset = [layer["model"] for source, layer in layers if source not in ("flag", "hp") and "model" in layer]
-    model = models.canonical_spec(values["model"], like=preset[-1] if preset else None)
+    like = preset[-1] if preset else None
+    kind = models.parse_spec(values["model"])[0]
+    if like is None or models.parse_spec(like)[0] != kind:
+        like = presets.preset_model_of_kind(kind, label) or like
+    model = models.canonical_spec(values["model"], like=like)
     return RunSpec(
         dataset=dataset,
         algorithm=algorithm,
@@ -282,11 +293,12 @@ def resolve(
         data_dir=data_dir,
         cache_dir=cache_dir,
         out=str(out),
-        name=name or default_name(label, algorithm, model, seed),
+        name=name or default_name(label, algorithm, model, seed, recipe),
         resume=resume,
         progress=progress,
         sources=sources,
         command=command,
+        recipe=recipe,
     ).validated()
 
 
@@ -295,7 +307,8 @@ def dataset_label(dataset: str) -> str:
     return Path(dataset).name if Path(dataset).is_dir() else dataset
 
 
-def default_name(dataset_label: str, algorithm: str, model: str, seed: int) -> str:
-    """DATASET-ALGO-MODEL-sSEED, the model spec made path-friendly (mlp:256,256:tanh -> mlp256x256-tanh)."""
+def default_name(dataset_label: str, algorithm: str, model: str, seed: int, recipe: str = "") -> str:
+    """DATASET-ALGO-MODEL[-RECIPE]-sSEED, the model spec made path-friendly (mlp:256,256:tanh ->
+    mlp256x256-tanh)."""
     model_label = model.replace(":", "", 1).replace(":", "-").replace(",", "x")
-    return f"{dataset_label}-{algorithm}-{model_label}-s{seed}"
+    return f"{dataset_label}-{algorithm}-{model_label}{f'-{recipe}' if recipe else ''}-s{seed}"
