@@ -252,3 +252,26 @@ def test_the_html_page_renders_in_a_headless_browser(runs_dir, tmp_path):
     pixels = matplotlib.image.imread(shot)
     assert pixels.shape[:2] == (1600, 1200)
     assert pixels[..., :3].std() > 0.05  # text, tables and plots, not an empty page
+
+
+def test_stopping_rules_of_multi_pass_rules_are_compared_in_passes(tmp_path):
+    """DiffusionBlocks' 5 epochs of 3 passes are backprop's 15 epochs: the same rule, said in passes; 5
+    epochs against 5 epochs is not."""
+
+    def runs(backprop_rule):
+        root = tmp_path / f"runs{backprop_rule['patience']}"
+        for name, algorithm, rule, per_epoch in (
+            ("db", "diffusion_blocks", {**RULE, "patience": 5, "epoch_cap": 20}, 3),
+            ("bp", "backprop", backprop_rule, 1),
+        ):
+            d = make_run(root, name, algorithm, 0, 0.9, 10.0)
+            result = json.loads((d / "result.json").read_text())
+            result.update(stopping_rule=rule, passes_per_epoch=per_epoch)
+            (d / "result.json").write_text(json.dumps(result))
+        return (write_report(root) / "report.md").read_text()
+
+    same = runs({**RULE, "patience": 15, "epoch_cap": 60})
+    assert "for 15 data passes and the cap of 60 data passes" in same and "DIFFERS" not in same
+    assert "Stopping rule: DIFFERS between runs (in data passes)" in runs(
+        {**RULE, "patience": 5, "epoch_cap": 20}
+    )

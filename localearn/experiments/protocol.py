@@ -34,22 +34,43 @@ def _distinct(values: list[Any]) -> tuple[Any, bool]:
     return "; ".join(unique), False
 
 
-def _stopping_rule(rules: list[Any]) -> str:
+def _stopping_rule(runs: list[Any]) -> str:
+    """The stopping rule every run had, or DIFFERS. Where some rule's epoch is several data passes
+    (NoProp-DT, DiffusionBlocks), patience and cap are compared in passes: 5 epochs of 3 passes are 15
+    epochs of one."""
+    rules = [r.result.get("stopping_rule") for r in runs]
+    per_epoch = [r.result.get("passes_per_epoch") or 1 for r in runs]
+    in_passes = any(p != 1 for p in per_epoch) and all(isinstance(rule, dict) for rule in rules)
+    if in_passes:
+        rules = [
+            {
+                **rule,
+                "patience": rule.get("patience") and rule["patience"] * p,
+                "epoch_cap": rule.get("epoch_cap") and rule["epoch_cap"] * p,
+            }
+            for rule, p in zip(rules, per_epoch, strict=True)
+        ]
+    unit = "data passes" if in_passes else "epochs"
     rule, same = _distinct(rules)
     if not same:
-        return f"Stopping rule: DIFFERS between runs: {rule}."
+        return f"Stopping rule: DIFFERS between runs (in {unit}): {rule}."
     if not isinstance(rule, dict):
         return f"Stopping rule: {MISSING}."
     rule = {k: rule.get(k, MISSING) for k in ("monitor", "min_delta", "patience", "epoch_cap")}
     patience = (
-        f"no gain in {rule['monitor']} greater than {rule['min_delta']} for {rule['patience']} epochs"
+        f"no gain in {rule['monitor']} greater than {rule['min_delta']} for {rule['patience']} {unit}"
         if rule["patience"]
         else "no early stopping"
     )
     return (
-        f"Stopping rule: every run stopped at the first of {patience} and the epoch cap of "
-        f"{rule['epoch_cap']} (per stage for staged schedules); the best-validation state was restored and "
-        "the test set scored once."
+        f"Stopping rule: every run stopped at the first of {patience} and the cap of {rule['epoch_cap']} "
+        f"{unit} (per stage for staged schedules"
+        + (
+            "; an epoch of a rule that makes several passes per epoch counts as its passes"
+            if in_passes
+            else ""
+        )
+        + "); the best-validation state was restored and the test set scored once."
     )
 
 
@@ -98,7 +119,7 @@ def sentences(runs: list[Any]) -> list[str]:
     augment, same_augment = _distinct([r.result.get("augment") for r in runs])
     country, _ = _distinct([r.result.get("co2_country") for r in runs])
     return [
-        _stopping_rule([r.result.get("stopping_rule") for r in runs]),
+        _stopping_rule(runs),
         "Seeds: distinct within every row."
         if not repeated
         else f"Seeds: REPEATED within {', '.join(repeated)}: their spread is not a spread over seeds.",
