@@ -275,3 +275,45 @@ def test_stopping_rules_of_multi_pass_rules_are_compared_in_passes(tmp_path):
     assert "Stopping rule: DIFFERS between runs (in data passes)" in runs(
         {**RULE, "patience": 5, "epoch_cap": 20}
     )
+
+
+def test_the_baseline_is_its_default_configuration_among_several(tmp_path):
+    """A rule beside itself with an option on: the run whose differing hyperparameters are all the rule's
+    defaults is the baseline, though its label names them (peer_normalisation=0.0); two non-default
+    configurations leave no baseline."""
+    root = tmp_path / "runs"
+    make_run(
+        root,
+        "plain",
+        "forward_forward",
+        0,
+        0.90,
+        100.0,
+        hparams={"schedule": "interleaved", "peer_normalisation": 0.0},
+    )
+    make_run(
+        root,
+        "peer",
+        "forward_forward",
+        0,
+        0.93,
+        200.0,
+        hparams={"schedule": "interleaved", "peer_normalisation": 0.03},
+    )
+    rows = {r["algorithm"]: r for r in summarise(load_runs(root)[0], "forward_forward")}
+    peer = rows["forward_forward (peer_normalisation=0.03)"]
+    assert peer["joules xforward_forward"] == pytest.approx(2.0)
+    md = (write_report(root, baseline="forward_forward") / "report.md").read_text()
+    assert "baseline (`forward_forward (peer_normalisation=0.0)`)" in md
+    make_run(
+        root,
+        "more",
+        "forward_forward",
+        0,
+        0.91,
+        100.0,
+        hparams={"schedule": "interleaved", "peer_normalisation": 0.1},
+    )
+    (root / "plain" / "result.json").unlink()
+    rows = {r["algorithm"]: r for r in summarise(load_runs(root)[0], "forward_forward")}
+    assert rows["forward_forward (peer_normalisation=0.03)"]["joules xforward_forward"] is None

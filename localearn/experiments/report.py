@@ -161,14 +161,21 @@ def summarise(runs: list[Run], baseline: str) -> list[dict[str, Any]]:
         rows.append(row)
     for row in rows:
         # The baseline on the same data and model (or recipe): its only configuration there, else its
-        # default one.
-        candidates = [
-            b
-            for b in rows
-            if b["name"] == baseline and b["dataset"] == row["dataset"] and b["place"] == row["place"]
-        ]
-        plain = [b for b in candidates if b["algorithm"] == baseline]
-        base = candidates[0] if len(candidates) == 1 else (plain[0] if plain else None)
+        # default one (verdicts.baseline_label).
+        here = {
+            label: members
+            for (dataset, place, label), members in groups.items()
+            if (dataset, place) == (row["dataset"], row["place"])
+        }
+        base_label = verdicts.baseline_label(here, baseline)
+        base = next(
+            (
+                b
+                for b in rows
+                if (b["dataset"], b["place"], b["algorithm"]) == (row["dataset"], row["place"], base_label)
+            ),
+            None,
+        )
         for column, _, _ in FIGURES:
             mine, theirs = row[column], base[column] if base else None
             row[f"{column} x{baseline}"] = mine / theirs if mine is not None and theirs else None

@@ -14,6 +14,7 @@ import statistics
 from collections.abc import Sequence
 from typing import Any
 
+from ..algorithms import ALGORITHMS
 from .budget import at_passes, matched_passes, to_target
 from .stats import mean_interval, verdict
 
@@ -86,11 +87,22 @@ def _best_val_accuracy(run: Any) -> float:
 
 
 def baseline_label(groups: dict[str, list[Any]], baseline: str) -> str | None:
-    """The baseline's variant here: its only configuration, else its default one (the plain name)."""
+    """The baseline's variant here: its only configuration, else its default one: the plain name, or the
+    one whose hyperparameters that differ between its configurations all have the rule's default values
+    (FF beside FF with peer normalisation: the run without it, whose label names peer_normalisation=0.0)."""
     candidates = [label for label, runs in groups.items() if runs[0].result["algorithm"] == baseline]
     if len(candidates) == 1:
         return candidates[0]
-    return baseline if baseline in candidates else None
+    if baseline in candidates:
+        return baseline
+    cls = ALGORITHMS.get(baseline)
+    if cls is None or not candidates:
+        return None
+    defaults = {f.name: f.default for f in dataclasses.fields(cls.Config)}
+    hparams = {label: groups[label][0].result.get("hyperparameters", {}) for label in candidates}
+    varying = {k for k in defaults if len({repr(h.get(k)) for h in hparams.values()}) > 1}
+    plain = [label for label, h in hparams.items() if all(h.get(k) == defaults[k] for k in varying)]
+    return plain[0] if len(plain) == 1 else None
 
 
 def compare(
