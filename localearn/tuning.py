@@ -13,15 +13,17 @@
   replays the suggestions of an earlier command (the same notes: byte-identical "tuned" values across
   studies). On a database the host and process go into the seed too (workers of one index on several
   machines). Every trial records the host and process that ran it.
-- Storage: a journal file under the run root by default (embedded, no server, one host), or any Optuna
-  storage URL: PostgreSQL (psycopg 3, the ``postgres`` extra) for a study shared by several machines.
-  The same command continues the study. Trials that a killed worker left RUNNING are marked FAIL: on a
-  journal file when the next command starts (this machine owns it; a trial whose process is still alive is
-  waited for, never failed under it) or when a sibling worker of this host sees its process gone; on a
-  database through Optuna's heartbeats (other machines' trials may be running), after a grace period.
+- Storage (study_storage.py): a journal file under the run root by default (embedded, no server, one
+  host), or any Optuna storage URL: PostgreSQL (psycopg 3, the ``postgres`` extra) for a study shared by
+  several machines. The same command continues the study. Trials that a killed worker left RUNNING are
+  marked FAIL: on a journal file when the next command starts (this machine owns it; a trial whose process
+  is still alive is waited for, never failed under it) or when a sibling worker of this host sees its
+  process gone; on a database through Optuna's heartbeats (other machines' trials may be running), after
+  a grace period.
 - Exactly N finished trials, whatever the number of workers and machines: every worker loops until the
   study holds N finished trials, and "count the finished and running trials, and ask for one more if they
-  are fewer than N" runs under a lock (a PostgreSQL advisory lock, else a file lock beside the storage).
+  are fewer than N" runs under a lock (study_storage.ask_lock: a PostgreSQL advisory lock, else a file
+  lock beside the storage).
   A worker whose count is reached waits while others' trials run, since one of them may die and its slot
   must be run again.
 - Multi-objective (validation accuracy up, joules down): NSGA-II and no pruning, since Optuna's pruners
@@ -32,26 +34,23 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
-import importlib.util
 import json
 import logging
 import math
 import os
-import re
 import socket
 import time
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any
 
 import optuna
 import psutil
-from optuna.exceptions import ExperimentalWarning, StorageInternalError, UpdateFinishedTrialError
-from optuna.storages import JournalStorage, RDBStorage
+from optuna.exceptions import ExperimentalWarning, UpdateFinishedTrialError
+from optuna.storages import RDBStorage
 from optuna.storages._heartbeat import get_heartbeat_thread, is_heartbeat_enabled
-from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
 
 from .callbacks import Callback
@@ -61,12 +60,6 @@ from .trainer import Trainer
 log = logging.getLogger(__name__)
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED)
-# Database storage: a worker writes a heartbeat every HEARTBEAT seconds while its trial runs, and a running
-# trial without one for GRACE seconds is failed by the next worker to look (tests set a few seconds).
-HEARTBEAT = ("LOCALEARN_HEARTBEAT_SECONDS", 60)
-GRACE = ("LOCALEARN_GRACE_SECONDS", 180)
-CONNECT_TIMEOUT = 10  # seconds; a lost database host is an error, not a hang
-POSTGRES_EXTRA = "pip install 'localearn[postgres]'"
 MAX_FAILED_IN_A_ROW = 3  # a worker whose own trials keep failing stops rather than loop on
 
 
@@ -75,171 +68,6 @@ def sampler_seed(study_name: str, worker: int = 0, progress: int = 0) -> int:
     studies, workers and continuations, distinct streams of suggestions; the same command, the same one."""
     key = study_name if (worker, progress) == (0, 0) else f"{study_name}/{worker}/{progress}"
     return int.from_bytes(hashlib.sha256(key.encode()).digest()[:4], "big")
-
-
-def open_storage(storage: str | None, root: Path, study_name: str) -> tuple[Any, bool]:
-    """(storage, is_journal_file): a database for a URL, else a journal file (default: ROOT/STUDY.journal)."""
-    if storage and "://" in storage:
-        return open_database(storage), False
-    path = journal_path(storage, root, study_name)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    return JournalStorage(JournalFileBackend(str(path))), True
-
-
-def journal_path(storage: str | None, root: Path, study_name: str) -> Path:
-    return Path(storage) if storage else root / f"{study_name}.journal"
-
-
-def heartbeat_settings() -> tuple[int, int]:
-    """(heartbeat interval, grace period) in seconds, from $LOCALEARN_HEARTBEAT_SECONDS (default 60) and
-    $LOCALEARN_GRACE_SECONDS (default 180). The grace period must outlast a heartbeat or two, or a slow but
-    live worker's trial is failed under it."""
-    interval, grace = _seconds(*HEARTBEAT), _seconds(*GRACE)
-    if grace <= interval:
-        raise ValueError(
-            f"${GRACE[0]}={grace} must be longer than ${HEARTBEAT[0]}={interval}: "
-            "a live worker's trial would be failed between two of its heartbeats"
-        )
-    return interval, grace
-
-
-def _seconds(name: str, default: int) -> int:
-    raw = os.environ.get(name, "").strip()
-    if not raw:
-        return default
-    if not raw.isdigit() or int(raw) < 1:
-        raise ValueError(f"${name}={raw!r}: expected a whole number of seconds, at least 1")
-    return int(raw)
-
-
-def sqlalchemy_url(url: str) -> Any:
-    """The parsed URL; ``postgresql://`` means psycopg 3 (the ``postgres`` extra), not SQLAlchemy's default
-    psycopg2."""
-    import sqlalchemy
-
-    try:
-        parsed = sqlalchemy.engine.make_url(url)
-    except sqlalchemy.exc.ArgumentError:
-        shown = re.sub(r"(://[^:/@]*):[^@]*@", r"\1:***@", url)  # no password in an error message
-        raise ValueError(
-            f"--storage {shown}: not a database URL (DIALECT[+DRIVER]://USER@HOST:PORT/DATABASE)"
-        ) from None
-    return parsed.set(drivername="postgresql+psycopg") if parsed.drivername == "postgresql" else parsed
-
-
-def open_database(url: str) -> RDBStorage:
-    """Optuna's RDB storage with heartbeats, or a one-line ValueError naming the URL (without its password)
-    and the cause: a missing driver, a refused connection, a wrong password, a missing database."""
-    import sqlalchemy
-
-    parsed = sqlalchemy_url(url)
-    shown = parsed.render_as_string(hide_password=True)
-    postgres = parsed.get_backend_name() == "postgresql"
-    if parsed.drivername == "postgresql+psycopg" and importlib.util.find_spec("psycopg") is None:
-        raise ValueError(f"--storage {shown}: PostgreSQL needs the psycopg driver: {POSTGRES_EXTRA}")
-    interval, grace = heartbeat_settings()
-    options: dict[str, Any] = {"pool_pre_ping": True}  # a connection dropped between trials is replaced
-    if postgres:
-        options["connect_args"] = {"connect_timeout": CONNECT_TIMEOUT}
-    full = parsed.render_as_string(hide_password=False)
-    try:
-        # Workers that start together on a fresh database would race to create Optuna's tables: one at a
-        # time, under an advisory lock (PostgreSQL; SQLite is one host and locks its file itself).
-        schema_engine = sqlalchemy.create_engine(full, **options) if postgres else None
-        try:
-            with (
-                advisory_lock(schema_engine, "localearn: optuna schema")
-                if schema_engine
-                else contextlib.nullcontext()
-            ):
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore", ExperimentalWarning)  # heartbeats are "experimental"
-                    return RDBStorage(
-                        full,
-                        engine_kwargs=options,
-                        heartbeat_interval=interval,
-                        grace_period=grace,
-                        heartbeat_stale_trial_callback=_log_stale_trial,
-                    )
-        finally:
-            if schema_engine is not None:
-                schema_engine.dispose()
-    except ImportError as e:
-        raise ValueError(f"--storage {shown}: the database driver is missing ({e.__cause__ or e})") from None
-    except (sqlalchemy.exc.SQLAlchemyError, StorageInternalError) as e:
-        cause = getattr(e, "orig", None) or e.__cause__ or e
-        reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
-        if parsed.password:
-            reason = reason.replace(str(parsed.password), "***")
-        raise ValueError(f"cannot open the study storage {shown}: {reason}") from None
-
-
-def _log_stale_trial(study: optuna.Study, trial: optuna.trial.FrozenTrial) -> None:
-    """Optuna's callback for a trial it failed because its heartbeats stopped: say whose it was."""
-    attrs = trial.user_attrs
-    log.warning(
-        "trial %d of study %s marked failed: its worker (host %s, process %s) sent no heartbeat for the "
-        "grace period; its slot is run again",
-        trial.number,
-        study.study_name,
-        attrs.get("host", "?"),
-        attrs.get("pid", "?"),
-    )
-
-
-@contextlib.contextmanager
-def advisory_lock(engine: Any, name: str) -> Iterator[None]:
-    """A PostgreSQL session advisory lock keyed by ``name``, on a connection of its own: the server
-    releases it if the holder dies (its connection closes), so a killed worker never leaves it held."""
-    import sqlalchemy
-
-    key = int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big", signed=True)
-    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as connection:
-        connection.execute(sqlalchemy.text("SELECT pg_advisory_lock(:key)"), {"key": key})
-        try:
-            yield
-        finally:
-            connection.execute(sqlalchemy.text("SELECT pg_advisory_unlock(:key)"), {"key": key})
-
-
-@contextlib.contextmanager
-def file_lock(path: Path) -> Iterator[None]:
-    """An exclusive fcntl lock on ``path`` (created if missing): the kernel releases it if the holder dies.
-    It serializes the processes of one host only (fcntl locks over a network file system can race)."""
-    import fcntl
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def ask_lock(
-    storage: Any, location: str | None, root: Path, study_name: str
-) -> Callable[[], AbstractContextManager[None]]:
-    """The lock a worker holds while it counts the study's trials and asks for a new one, so that several
-    workers never start more than the study needs: an advisory lock on PostgreSQL (every machine), a file
-    lock beside a journal file or an SQLite database (one host), none for a study in memory."""
-    if isinstance(storage, RDBStorage) and storage.engine.dialect.name == "postgresql":
-        return lambda: advisory_lock(storage.engine, f"localearn: study {study_name}")
-    if isinstance(storage, JournalStorage):
-        path = Path(f"{journal_path(location, root, study_name)}.ask.lock")
-    elif isinstance(storage, RDBStorage):
-        database = storage.engine.url.database
-        on_file = storage.engine.dialect.name == "sqlite" and database and database != ":memory:"
-        path = Path(f"{database}.ask.lock") if on_file else root / f"{study_name}.ask.lock"
-    else:
-        return contextlib.nullcontext
-    return lambda: file_lock(path)
-
-
-def poll_seconds(storage: Any) -> float:
-    """How often a worker with nothing to start looks again: often enough to pick up a dead worker's slot
-    soon after its grace period, rarely enough not to load a shared database."""
-    return float(min(2, storage.get_heartbeat_interval())) if is_heartbeat_enabled(storage) else 1.0
 
 
 def load_study(study_name: str, storage: Any, multi_objective: bool = False, worker: int = 0) -> optuna.Study:

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 import localearn as ll
-from localearn import tuning
+from localearn import study_storage, tuning
 from localearn.algorithms import ALGORITHMS, make
 from localearn.experiments.__main__ import main
 
@@ -24,7 +24,8 @@ COMPLETE, RUNNING, FAIL = (
 )
 
 
-def tune_args(image_tree, tmp_path, algo="backprop", trials=3, epochs=2, extra=()):
+def tune_args(image_tree, tmp_path, algo="backprop", trials=3, epochs=2, extra=(), cache=None):
+    """A tiny `tune` command line; ``cache`` defaults to TMP_PATH/cache."""
     return [
         "tune",
         str(image_tree),
@@ -43,13 +44,13 @@ def tune_args(image_tree, tmp_path, algo="backprop", trials=3, epochs=2, extra=(
         "--no-energy",
         "-q",
         "--cache-dir",
-        str(tmp_path / "cache"),
+        str(cache or tmp_path / "cache"),
         *extra,
     ]
 
 
 def trials_of(tmp_path, study="tiny-backprop"):
-    storage, _ = tuning.open_storage(None, tmp_path / "tuning", study)
+    storage, _ = study_storage.open_storage(None, tmp_path / "tuning", study)
     return optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
 
 
@@ -207,7 +208,7 @@ def test_a_value_the_user_fixes_is_held_and_left_out_of_the_search(image_tree, t
     assert main(tune_args(image_tree, tmp_path, trials=2, epochs=1, extra=["--lr", "0.05"])) == 0
     trials = trials_of(tmp_path)
     assert all(set(t.params) == {"weight_decay"} for t in trials)  # lr is no dimension of the search
-    storage, _ = tuning.open_storage(None, tmp_path / "tuning", "tiny-backprop")
+    storage, _ = study_storage.open_storage(None, tmp_path / "tuning", "tiny-backprop")
     study = optuna.load_study(study_name="tiny-backprop", storage=storage)
     assert study.user_attrs["fixed_hyperparameters"] == {"lr": 0.05}
     best = json.loads((tmp_path / "tuning" / "tiny-backprop.best.json").read_text())
@@ -306,16 +307,16 @@ def test_a_postgresql_url_without_the_driver_names_the_extra(image_tree, tmp_pat
 def test_heartbeat_settings_come_from_the_environment(monkeypatch):
     monkeypatch.delenv("LOCALEARN_HEARTBEAT_SECONDS", raising=False)
     monkeypatch.delenv("LOCALEARN_GRACE_SECONDS", raising=False)
-    assert tuning.heartbeat_settings() == (60, 180)
+    assert study_storage.heartbeat_settings() == (60, 180)
     monkeypatch.setenv("LOCALEARN_HEARTBEAT_SECONDS", "2")
     monkeypatch.setenv("LOCALEARN_GRACE_SECONDS", "5")
-    assert tuning.heartbeat_settings() == (2, 5)
+    assert study_storage.heartbeat_settings() == (2, 5)
     monkeypatch.setenv("LOCALEARN_GRACE_SECONDS", "1.5")
     with pytest.raises(ValueError, match=r"\$LOCALEARN_GRACE_SECONDS='1.5': expected a whole number"):
-        tuning.heartbeat_settings()
+        study_storage.heartbeat_settings()
     monkeypatch.setenv("LOCALEARN_GRACE_SECONDS", "2")  # a live worker's trial would be failed
     with pytest.raises(ValueError, match="must be longer than"):
-        tuning.heartbeat_settings()
+        study_storage.heartbeat_settings()
 
 
 def test_optuna_dashboard_shows_a_study_made_by_tune(image_tree, tmp_path):
@@ -365,9 +366,9 @@ def test_a_worker_asks_only_for_free_slots_and_reclaims_dead_ones_on_a_journal(t
     """next_trial: a new trial only while the finished and running ones are fewer than N; a wait while the
     rest run (one may die); on a journal, a running trial whose process on this host is gone is failed and
     its slot given out again."""
-    storage, _ = tuning.open_storage(None, tmp_path, "slots")
+    storage, _ = study_storage.open_storage(None, tmp_path, "slots")
     study = tuning.load_study("slots", storage)
-    lock = tuning.ask_lock(storage, None, tmp_path, "slots")
+    lock = study_storage.ask_lock(storage, None, tmp_path, "slots")
     first, done = tuning.next_trial(study, 2, lock)
     second, _ = tuning.next_trial(study, 2, lock)
     assert not done and (first.number, second.number) == (0, 1)

@@ -17,8 +17,9 @@ import time
 import optuna
 import pg_cluster
 import pytest
+import test_tuning
 
-from localearn import tuning
+from localearn import study_storage, tuning
 from localearn.experiments.__main__ import main
 
 RUNNING, FAIL = optuna.trial.TrialState.RUNNING, optuna.trial.TrialState.FAIL
@@ -39,8 +40,8 @@ def postgres():
 def short_heartbeats():
     """Heartbeats every second and an 8-second grace period, here and in the processes the tests start."""
     with pytest.MonkeyPatch.context() as m:
-        m.setenv(tuning.HEARTBEAT[0], "1")
-        m.setenv(tuning.GRACE[0], str(GRACE))
+        m.setenv(study_storage.HEARTBEAT[0], "1")
+        m.setenv(study_storage.GRACE[0], str(GRACE))
         m.setenv("OMP_NUM_THREADS", "1")
         yield
 
@@ -51,30 +52,12 @@ def database(postgres):
 
 
 def tune_args(image_tree, out, storage, trials, epochs=1):
-    return [
-        "tune",
-        str(image_tree),
-        "--algo",
-        "backprop",
-        "--trials",
-        str(trials),
-        "--epochs",
-        str(epochs),
-        "--patience",
-        "0",
-        "--out",
-        str(out),
-        "--model",
-        "mlp:16",
-        "--batch-size",
-        "32",
-        "--no-energy",
-        "-q",
-        "--cache-dir",
-        str(out.parent / "cache"),
-        "--storage",
-        storage,
-    ]
+    """test_tuning's command line on ``storage``, without early stopping; the decoded-image cache is shared
+    by the workers' separate --out directories."""
+    extra = ["--patience", "0", "--storage", storage]
+    return test_tuning.tune_args(
+        image_tree, out, trials=trials, epochs=epochs, extra=extra, cache=out.parent / "cache"
+    )
 
 
 STARTED = []  # the processes the tests start: none outlives its test, failed or not
@@ -251,5 +234,5 @@ def test_connection_errors_are_one_line_naming_the_url_without_its_password(
     assert main(tune_args(image_tree, tmp_path, url, trials=1)) == 2
     lines = capsys.readouterr().err.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: ") and reason in lines[0], lines
-    assert tuning.sqlalchemy_url(url).render_as_string(hide_password=True) in lines[0]
+    assert study_storage.sqlalchemy_url(url).render_as_string(hide_password=True) in lines[0]
     assert "not-the-password" not in lines[0]

@@ -79,9 +79,9 @@ def resolve(
 
 
 def main(spec: TuneSpec, quiet: bool = False) -> int:
-    from .. import tuning  # optuna is imported only by the commands that use it
+    from .. import study_storage, tuning  # optuna is imported only by the commands that use it
 
-    storage, journal = tuning.open_storage(spec.storage, spec.root, spec.study)
+    storage, journal = study_storage.open_storage(spec.storage, spec.root, spec.study)
     study = tuning.load_study(spec.study, storage, spec.multi_objective)
     tuning.record_fixed(study, spec.fixed)
     if journal:  # trials a killed worker left running can never finish
@@ -129,7 +129,7 @@ def start_workers(spec: TuneSpec, n: int, quiet: bool) -> None:
 
 def work(spec: TuneSpec, study: Any, storage: Any) -> None:
     """Run trials of the study in this process until it holds ``spec.trials`` finished ones."""
-    from .. import tuning
+    from .. import study_storage, tuning
     from ..algorithms import get_algorithm
 
     run = spec.run
@@ -159,8 +159,8 @@ def work(spec: TuneSpec, study: Any, storage: Any) -> None:
             spec.trials,
             spec.multi_objective,
             fixed=spec.fixed,
-            lock=tuning.ask_lock(storage, spec.storage, spec.root, spec.study),
-            poll=tuning.poll_seconds(storage),
+            lock=study_storage.ask_lock(storage, spec.storage, spec.root, spec.study),
+            poll=study_storage.poll_seconds(storage),
         )
     finally:
         if meter:
@@ -187,7 +187,7 @@ def die_with_parent(parent: int) -> None:
 
 def worker_main(path: str | os.PathLike) -> int:
     """A worker started by ``main``: its study and run come from the file at ``path``."""
-    from .. import tuning
+    from .. import study_storage, tuning
 
     job = json.loads(Path(path).read_text())
     die_with_parent(job["parent"])
@@ -197,7 +197,7 @@ def worker_main(path: str | os.PathLike) -> int:
         datefmt="%H:%M:%S",
     )
     spec = TuneSpec.from_dict(job["tune"])
-    storage, _ = tuning.open_storage(spec.storage, spec.root, spec.study)
+    storage, _ = study_storage.open_storage(spec.storage, spec.root, spec.study)
     study = tuning.load_study(spec.study, storage, spec.multi_objective, worker=job["index"])
     work(spec, study, storage)
     return 0
