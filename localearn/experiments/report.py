@@ -52,11 +52,15 @@ class Run:
     label: str = ""  # set by load_runs: the algorithm and whatever tells its configurations apart
 
     @property
+    def recipe(self) -> str:
+        """The paper's recipe the run was made under ("" for none, and for runs written before recipes)."""
+        return self.config.get("spec", {}).get("recipe", "")
+
+    @property
     def place(self) -> str:
         """Where runs are compared: on one model, or under one paper's recipe (each rule on the network
         that paper gave it, as the CCL paper's tanh backprop beside CCL's ELU network)."""
-        recipe = self.config.get("spec", {}).get("recipe", "")
-        return f"recipe {recipe}" if recipe else self.result["model"]
+        return f"recipe {self.recipe}" if self.recipe else self.result["model"]
 
     @property
     def group(self) -> tuple[str, str, str]:
@@ -91,8 +95,7 @@ def _label_runs(runs: list[Run]) -> None:
         keys = {k for h in hparams for k in h}
         varying = {k for k in keys if len({json.dumps(h.get(k), sort_keys=True) for h in hparams}) > 1}
         for run, hp in zip(members, hparams, strict=True):
-            recipe = run.config.get("spec", {}).get("recipe", "")
-            run.label = variant_label(run.result["algorithm"], hp, varying, recipe)
+            run.label = variant_label(run.result["algorithm"], hp, varying, run.recipe)
 
 
 def load_runs(runs_dir: Path) -> tuple[list[Run], list[Path]]:
