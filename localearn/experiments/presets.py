@@ -127,14 +127,19 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
 # (lr 0.4 ... 0.01, clip 0.5 or 1) on validation after 5 epochs: lr 0.4 and clip 1 on both datasets
 # (benchmarks/ccl_bp_grid.sh, RESULTS.md). DFA's and CCL's presets are already the paper's networks and
 # settings.
-_CCL_BACKPROP = {"batch_size": 256, "augment": False, "optimizer": "sgd", "momentum": 0.0}
 RECIPES: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
     "ccl_paper": {
         "backprop": {
-            **_each(
-                MNIST_LIKE, {**_CCL_BACKPROP, "model": "mlp:256,256,256,256,256:tanh", "lr": 0.4, "clip": 1.0}
-            ),
-            **_each(CIFAR, {**_CCL_BACKPROP, "model": "mlp:1024,1024,1024:tanh", "lr": 0.4, "clip": 1.0}),
+            "*": {
+                "batch_size": 256,
+                "augment": False,
+                "optimizer": "sgd",
+                "momentum": 0.0,
+                "lr": 0.4,
+                "clip": 1.0,
+            },
+            **_each(MNIST_LIKE, {"model": "mlp:256,256,256,256,256:tanh"}),
+            **_each(CIFAR, {"model": "mlp:1024,1024,1024:tanh"}),
         },
         "counter_current": {"*": {}},
         "dfa": {"*": {}},
@@ -154,8 +159,8 @@ RECIPES: dict[str, dict[str, dict[str, dict[str, Any]]]] = {
 
 
 def recipe_layers(recipe: str, algorithm: str, dataset: str) -> list[tuple[str, dict[str, Any]]]:
-    """The recipe's entries for this rule and dataset, lowest precedence first ("*", then the dataset's);
-    an unknown recipe, or one that does not cover the rule, is refused with what is valid."""
+    """The recipe's layer for this rule and dataset: its "*" entry, with the dataset's entry over it. An
+    unknown recipe, or one that does not cover the rule, is refused with what is valid."""
     if recipe not in RECIPES:
         raise ValueError(f"unknown recipe {recipe!r}; valid: {', '.join(RECIPES)}")
     table = RECIPES[recipe].get(algorithm)
