@@ -1,4 +1,5 @@
-"""The tune command: an Optuna study over one algorithm's search space (the mechanics are in tuning.py).
+"""The tune command: an Optuna study over one algorithm's search space (the mechanics are in tuning.py,
+where the study lives in study_storage.py).
 
     python -m localearn.experiments tune DATASET --algo NAME --trials N [--workers K] [run options]
 
