@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Accuracy against the papers (issue 2): Mono-Forward and backprop on the presets' networks, CPU.
-# Usage: LOCALEARN_DATA=../shared/data bash benchmarks/accuracy.sh [mnist|cifar10|ff|dfa|fg|ccl|noprop_dt|noprop_prototype|noprop_bp|noprop_ct|ccl_paper|mf_reference|ff_loewex|fg_momentum|db_mnist|db_mnist_deep|db_mnist_cosine|db_ablation|db_cifar10|all] > benchmarks/out/accuracy.log
+# Usage: LOCALEARN_DATA=../shared/data bash benchmarks/accuracy.sh [mnist|cifar10|ff|dfa|fg|ccl|noprop_dt|noprop_prototype|noprop_bp|noprop_ct|ccl_paper|mf_reference|ff_loewex|fg_momentum|db_mnist|db_mnist_deep|db_mnist_cosine|db_ablation|db_cifar10|db_cifar10_cosine|all] > benchmarks/out/accuracy.log
 # Every run goes through the command line, so the figures are the ones a user gets.
 set -euo pipefail
 which=${1:-all}
@@ -149,6 +149,16 @@ if [[ $which == db_mnist_cosine ]]; then
     --name mnist-diffusion_blocks_cosine-resmlp256x6-s0
   run mnist --algo backprop --model resmlp --seed 0 "${cosine[@]}" --epochs $((3 * ${DB_EPOCHS:-20})) --patience 15 \
     --name mnist-backprop_cosine-resmlp256x6-s0
+fi
+if [[ $which == db_cifar10_cosine ]]; then
+  # db_mnist_cosine's recipe on CIFAR-10 (cap DB_CIFAR_EPOCHS epochs of 3 passes, backprop 3 times as many
+  # epochs of one pass); both runs at once, one thread each, so they share the machine's load alike.
+  cosine=(--hp lr_schedule=cosine --hp lr_floor=0.1)
+  run cifar10 --algo diffusion_blocks --seed 0 "${cosine[@]}" --epochs "${DB_CIFAR_EPOCHS:-12}" --patience 5 \
+    --name cifar10-diffusion_blocks_cosine-resmlp512x6-s0 &
+  run cifar10 --algo backprop --model resmlp --seed 0 "${cosine[@]}" --epochs $((3 * ${DB_CIFAR_EPOCHS:-12})) \
+    --patience 15 --name cifar10-backprop_cosine-resmlp512x6-s0 &
+  wait
 fi
 if [[ $which == db_cifar10 || $which == all ]]; then
   # CIFAR-10, residual MLP 512 wide, crop+flip (the dataset preset), the same pairing of budgets.

@@ -28,7 +28,8 @@ log = logging.getLogger(__name__)
 CONFIG, METRICS, CHECKPOINT, RESULT = "config.json", "metrics.jsonl", "checkpoint.pt", "result.json"
 PROGRESS = "progress.json"  # how far the epoch in flight had come, for what a kill loses
 # Parts of config.json that may differ when a run is resumed: where it ran from, not what it computes.
-NOT_COMPARED_ON_RESUME = ("versions", "invocation", "epoch_caps")
+# A parallel run's layout does not change what it computes (localearn.parallel): resume may change it.
+NOT_COMPARED_ON_RESUME = ("versions", "invocation", "epoch_caps", "parallel")
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[IO[bytes]], Any]) -> None:

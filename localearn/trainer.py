@@ -287,6 +287,7 @@ class Trainer:
                     cb.on_batch_end(self, stats)
             self.data_passes += 1
         train_stats = {f"train_{k}": float(v) / counts[k] for k, v in sums.items()}
+        train_stats.update({f"train_{k}": v for k, v in algo.epoch_stats().items()})
         bad = {k: v for k, v in train_stats.items() if not math.isfinite(v)}
         if bad:
             raise DivergenceError(

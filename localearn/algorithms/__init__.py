@@ -104,7 +104,32 @@ def make(
     return cls(net, num_classes, input_shape=input_shape, device=device, **hparams)
 
 
+@dataclasses.dataclass(frozen=True)
+class AlgorithmFactory:
+    """A rule, its network spec and its seed, as a picklable recipe: ``factory(device)`` seeds torch's
+    generator and calls ``make``, so every call (in any process) gives the same initial weights."""
+
+    algorithm: str
+    model: str | None
+    num_classes: int
+    input_shape: tuple[int, ...]
+    seed: int
+    hyperparameters: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    def __call__(self, device: str | torch.device | None = None) -> Algorithm:
+        torch.manual_seed(self.seed)
+        return make(
+            self.algorithm,
+            self.model,
+            self.num_classes,
+            input_shape=self.input_shape,
+            device=device,
+            **self.hyperparameters,
+        )
+
+
 __all__ = [
+    "AlgorithmFactory",
     "ALGORITHMS",
     "Algorithm",
     "HyperparameterError",

@@ -10,9 +10,14 @@ Trainer only calls:
     set_progress(fraction)                    before every step: the learning-rate schedule follows it
     begin_evaluation()                        before every evaluation: the evaluation noise restarts
     prepare(train)                            once, before training: data-dependent initialisation
+    epoch_stats()                             once per epoch: statistics the rule gathers itself
 
 and two classmethods: ``build_network(model, input_shape, num_classes, config)`` (the module the rule
 trains; default: ``models.from_spec``) and ``search_space(trial, config)`` (Optuna).
+
+For layer-parallel runs (localearn.parallel), a rule whose units learn bottom-up also implements
+``pipeline_units``, ``train_units`` and ``step_loss`` (its one-process ``train_step`` calls ``train_units``
+on every unit, so both run the same code); the others say why not in ``parallel_refusal``.
 
 What trains when: a run is a sequence of stages (``num_stages`` > 1: parts trained one after another, each
 to its own stopping point, as Mono-Forward's sequential schedule), and each epoch of a stage is
@@ -344,6 +349,42 @@ class Algorithm:
     def begin_evaluation(self) -> None:
         """Restart the evaluation noise, so that predictions are a function of the weights alone."""
         self.eval_generator.manual_seed(self.eval_seed)
+
+    # -- layer-parallel runs (localearn.parallel) ---------------------------------------------------------
+    def parallel_refusal(self) -> str | None:
+        """Why this rule, as configured, cannot run its units in separate processes (None: it can). A rule
+        that can overrides ``pipeline_units``, ``train_units`` and ``step_loss``."""
+        if self.locality == "output_error":
+            return f"{self.name}'s update of every unit needs the output error, a signal from the top"
+        if self.locality == "global":
+            return f"{self.name}'s update of a unit needs gradients through the units above it"
+        return f"{self.name} has no layer-parallel form"
+
+    def pipeline_units(self) -> list[nn.Module]:
+        """One module per unit, from the input up, holding everything that unit's update writes (its
+        parameters, its local head, its running statistics): what a stage owns and hands back."""
+        raise NotImplementedError(self.parallel_refusal())
+
+    def pipeline_input(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """What the first unit receives in training (the input itself, or a rule's encoding of it)."""
+        return x
+
+    def train_units(
+        self, a: torch.Tensor, y: torch.Tensor, units: range
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The local update of ``units`` (indices into pipeline_units) on ``a``, the first one's input: the
+        detached output of the last one, computed before the update, and each unit's loss (``loss_unitN``).
+        Parameters outside ``units`` get no gradient, so their optimizers skip them."""
+        raise NotImplementedError(self.parallel_refusal())
+
+    def step_loss(self, stats: dict[str, torch.Tensor]) -> torch.Tensor:
+        """A step's headline loss (``loss``) from the units' losses that train_units returned."""
+        raise NotImplementedError(self.parallel_refusal())
+
+    def epoch_stats(self) -> dict[str, float]:
+        """Training statistics the rule gathers itself, beside the Trainer's per-step means (a layer-parallel
+        run's later stages); called once per epoch before validation. Default: none."""
+        return {}
 
     # -- shared mechanics -----------------------------------------------------------------------------
     def make_optimizer(

@@ -165,6 +165,11 @@ class CounterCurrent(Algorithm):
         # convolutional networks, which learn at 0.01 here (the presets).
         return 0.005, 2.0
 
+    def parallel_refusal(self) -> str | None:
+        # Its feedback network runs top-down: unit k's loss pairs its activity with the feedback unit fed
+        # from the layer above.
+        return "counter_current's feedback network carries the targets from the top down to every unit"
+
     def parameter_groups(self) -> ParameterGroups:
         """Pair l trains forward unit l and feedback unit l+1; the input pair trains feedback unit 1 alone,
         and the head learns from the cross-entropy alone."""

@@ -170,6 +170,12 @@ class DiffusionBlocks(Algorithm):
         """Everything outside the residual layers: (the module's name, a parameter)."""
         return [(n.split(".")[0], p) for n, p in self.net.named_parameters() if not n.startswith("layers.")]
 
+    def parallel_refusal(self) -> str | None:
+        return (
+            "diffusion_blocks' blocks share the stem, the label embedding and the head, which learn on every "
+            "step: stages would have to exchange those gradients, which localearn.parallel does not do"
+        )
+
     def parameter_groups(self) -> ParameterGroups:
         shared: dict[str, list[nn.Parameter]] = {}
         for name, p in self._shared():

@@ -37,6 +37,9 @@ Activations: goodness is a sum of squares, which reads a unit's activity as evid
 cannot be negative (a tanh unit at -1 would count as much as one at +1; on MNIST such a network trained to
 below chance). So the units' activations must be non-negative: ReLU (Hinton's), ReLU6, Softplus or Sigmoid;
 any other activation is refused.
+
+Layer-parallel runs (localearn.parallel) split the interleaved schedule's units over processes: stage 1
+embeds the labels and draws the negatives, and each stage sends its last unit's normalised output on.
 """
 
 from __future__ import annotations
@@ -197,18 +200,37 @@ class ForwardForward(Algorithm):
                 a = rms_normalise(out[-1])
         return out
 
+    def pipeline_input(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Positives and negatives go through together: one batch of twice the size, normalised."""
+        return rms_normalise(torch.cat([self.embed(x, y), self.embed(x, self.wrong_labels(x, y))]))
+
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        unit_opt, readout_opt = self.optimizers
         greedy = self.config.schedule == "greedy"
         trainable = range(self.stage, self.stage + 1) if greedy else range(len(self.units))
-        # Positives and negatives go through together: one batch of twice the size.
-        a = rms_normalise(torch.cat([self.embed(x, y), self.embed(x, self.wrong_labels(x, y))]))
+        a = self.pipeline_input(x, y)
         with torch.no_grad():  # the frozen units of a greedy schedule
             for unit in self.units[: trainable.start]:
                 a = rms_normalise(unit(a))
+        _, stats = self.train_units(a, y, trainable)
+        stats["loss"] = self.step_loss(stats)
+        # The one-pass readout learns alongside, on detached activities of the neutral-label pass, but only
+        # where something uses it: a classifier trained and never used is a hidden cost (research notes 1d).
+        if self.config.prediction == "readout" or self.config.negatives == "hard":
+            readout_opt = self.optimizers[1]
+            readout_loss = F.cross_entropy(self._readout_logits(x), y)
+            readout_opt.zero_grad(set_to_none=True)
+            readout_loss.backward()
+            readout_opt.step()
+            stats["readout_loss"] = readout_loss.detach()
+        return stats
+
+    def train_units(
+        self, a: torch.Tensor, y: torch.Tensor, units: range
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Units ``units`` on ``a`` (positives, then as many negatives as ``y`` has labels)."""
         stats: dict[str, torch.Tensor] = {}
         total = 0.0
-        for i in trainable:
+        for i in units:
             h = self.units[i](a.detach())  # the unit boundary: no gradient reaches earlier units
             goodness = h.pow(2).sum(1)
             loss = ff_loss(goodness[: len(y)], goodness[len(y) :], self.thetas[i])
@@ -217,19 +239,38 @@ class ForwardForward(Algorithm):
                 loss = loss + self.config.peer_normalisation * self.peer_loss(i, h[: len(y)])
             total = total + loss
             a = rms_normalise(h)
+        unit_opt = self.optimizers[0]
         unit_opt.zero_grad(set_to_none=True)
         total.backward()  # the graphs are cut at every unit input, so each unit gets its own gradient only
-        unit_opt.step()
-        stats["loss"] = total.detach() / len(trainable)
-        # The one-pass readout learns alongside, on detached activities of the neutral-label pass, but only
-        # where something uses it: a classifier trained and never used is a hidden cost (research notes 1d).
+        unit_opt.step()  # units outside ``units`` have no gradient: the optimizer leaves them as they are
+        return a.detach(), stats
+
+    def step_loss(self, stats: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The mean of the trained units' FF losses (without peer normalisation's term)."""
+        losses = [v for k, v in stats.items() if k.startswith("loss_unit")]
+        return sum(losses) / len(losses)
+
+    def parallel_refusal(self) -> str | None:
+        if self.config.schedule == "greedy":
+            return "schedule=greedy trains one unit at a time; layer-parallel runs need interleaved"
         if self.config.prediction == "readout" or self.config.negatives == "hard":
-            readout_loss = F.cross_entropy(self._readout_logits(x), y)
-            readout_opt.zero_grad(set_to_none=True)
-            readout_loss.backward()
-            readout_opt.step()
-            stats["readout_loss"] = readout_loss.detach()
-        return stats
+            return (
+                "the readout (prediction=readout, or negatives=hard, which draws negatives from it) learns "
+                "from every unit's activity at once; layer-parallel runs need prediction=goodness and "
+                "negatives=random"
+            )
+        return None
+
+    def pipeline_units(self) -> list[nn.Module]:
+        """Each unit with its running peer mean (the same tensor as aux's, so loading one loads the other)."""
+        holders = []
+        for i, unit in enumerate(self.units):
+            holder = nn.Module()
+            holder.unit = unit
+            if self.config.peer_normalisation > 0:
+                holder.register_buffer("peer_mean", getattr(self.aux["peer_means"], f"unit{i + 1}"))
+            holders.append(holder)
+        return holders
 
     def peer_loss(self, i: int, positive_activity: torch.Tensor) -> torch.Tensor:
         """loeweX's peer normalisation of unit i: the running mean takes this batch's mean activity per

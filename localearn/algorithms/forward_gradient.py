@@ -178,6 +178,16 @@ class ForwardGradient(Algorithm):
         # SGD is Ren et al.'s scale (0.05-0.1).
         return (1e-6, 1e-3) if config.variant == "weight" else (1e-3, 0.3)
 
+    def parallel_refusal(self) -> str | None:
+        if self.config.variant == "weight":
+            return super().parallel_refusal()
+        # A unit's noise depends on how much the units below drew before it; giving each unit its own
+        # generator would change every one-process result, so it waits for a reason to.
+        return (
+            "forward_gradient's tangents come from one generator that every unit draws from in turn, so "
+            "separate processes would draw different tangents than the one-process run"
+        )
+
     def parameter_groups(self) -> ParameterGroups:
         if self.config.variant == "weight":
             return super().parameter_groups()

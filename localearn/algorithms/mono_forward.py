@@ -21,6 +21,9 @@ Schedules (research notes, anchors_ff_mf.md section 2a; the sources disagree, so
 - ``sequential``: unit 1 is trained to its stopping point, frozen, then unit 2, ... The frozen prefix is
   recomputed under no_grad on every batch. The Trainer applies its stopping rule to each stage; while a
   stage runs, predictions come from that stage's projection (its local readout).
+
+Layer-parallel runs (localearn.parallel) split the simultaneous schedule's groups (unit, projection) over
+processes; ``train_units`` is the step of both.
 """
 
 from __future__ import annotations
@@ -115,10 +118,17 @@ class MonoForward(Algorithm):
         with torch.no_grad():  # the frozen prefix of the sequential schedule
             for unit, _ in self.groups[: trainable.start]:
                 a = unit(a)
-        outputs = forward_detached([self.groups[i][0] for i in trainable], a)
+        _, stats = self.train_units(a, y, trainable)
+        stats["loss"] = self.step_loss(stats)
+        return stats
+
+    def train_units(
+        self, a: torch.Tensor, y: torch.Tensor, units: range
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        outputs = forward_detached([self.groups[i][0] for i in units], a)
         stats: dict[str, torch.Tensor] = {}
         total = 0.0
-        for i, a in zip(trainable, outputs, strict=True):
+        for i, a in zip(units, outputs, strict=True):
             loss = F.cross_entropy(self.groups[i][1](a), y)  # G_i = a_i M_i^T, unit i's own loss
             stats[f"loss_unit{i + 1}"] = loss.detach()
             total = total + loss
@@ -129,8 +139,19 @@ class MonoForward(Algorithm):
         total.backward()
         for opt in self.optimizers:
             opt.step()
-        stats["loss"] = stats[f"loss_unit{trainable.stop}"]  # the readout's loss, comparable to backprop's
-        return stats
+        return outputs[-1].detach(), stats
+
+    def step_loss(self, stats: dict[str, torch.Tensor]) -> torch.Tensor:
+        """The last trained unit's loss: its projection is the readout, so this compares with backprop's."""
+        return stats[f"loss_unit{max(int(k.removeprefix('loss_unit')) for k in stats)}"]
+
+    def parallel_refusal(self) -> str | None:
+        if self.config.schedule == "sequential":
+            return "schedule=sequential trains one unit at a time; layer-parallel runs need simultaneous"
+        return None
+
+    def pipeline_units(self) -> list[nn.Module]:
+        return [nn.ModuleList([unit, projection]) for unit, projection in self.groups]
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:

@@ -132,6 +132,13 @@ class NoProp(Algorithm):
             if isinstance(module, Dropout):
                 module.generator = self.generator
 
+    def parallel_refusal(self) -> str | None:
+        # DT's blocks do not feed one another, and all of them share the label embedding and the classifier.
+        return (
+            "noprop's blocks share the label embedding and the classifier, which learn from every block's "
+            "loss: stages would have to exchange those gradients, which localearn.parallel does not do"
+        )
+
     def parameter_groups(self) -> ParameterGroups:
         net = self.net
         shared = {"classifier": list(net.classifier.parameters())}

@@ -24,6 +24,7 @@ from typing import Any
 from ..algorithms import ALGORITHMS, HyperparameterError
 from ..algorithms.base import OptimizerConfig
 from ..data import DATASETS, DataError
+from ..parallel import ParallelError
 from ..rundir import check_writable
 from ..trainer import MONITORS, DivergenceError
 from . import compare, report, spec, train, tune, verdicts
@@ -54,6 +55,10 @@ RUN_OPTIONS = (
     "energy",
     "progress",
     "recipe",
+    "parallel",
+    "world_size",
+    "devices",
+    "in_flight",
 )
 # Run options that a command sets itself (refused, in any spelling), and what to use instead.
 SET_BY = {
@@ -149,6 +154,17 @@ def _add_run_options(p: argparse.ArgumentParser, command: str) -> None:
     add("--no-energy", dest="energy", action="store_false", default=s, help="meter time and memory only")
     add("--no-progress", dest="progress", action="store_false", default=s, help="no progress bar")
     add("-q", "--quiet", action="store_true", help="warnings and errors only")
+    if command == "train":
+        add(
+            "--parallel",
+            default=s,
+            choices=["units"],
+            help="units: the rule's units in separate processes, each stage training on what the one "
+            "below sends (bottom-up rules: mono_forward, forward_forward)",
+        )
+        add("--world-size", type=int, default=s, metavar="K", help="--parallel: the number of stages")
+        add("--devices", default=s, help="--parallel: one device per stage, e.g. cuda:0,cuda:1")
+        add("--in-flight", type=int, default=s, help="--parallel: batches that may wait between stages (2)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -381,6 +397,6 @@ def main(argv: list[str] | None = None) -> int:
         again = f" (python -m localearn.experiments {shlex.join(args.argv)})" if args is not None else ""
         print(f"interrupted: continue with the same command{again}", file=sys.stderr)
         return 130
-    except DivergenceError as e:
+    except (DivergenceError, ParallelError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

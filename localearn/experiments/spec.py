@@ -36,6 +36,9 @@ from . import presets
 # The fields that say where a run reads, writes and how it shows itself: a run resumed with other values
 # for these computes the same thing, so config.json keeps them apart ("invocation") and resume ignores them.
 INVOCATION = ("data_dir", "cache_dir", "out", "name", "resume", "progress", "sources", "command")
+# A layer-parallel run computes what the one-process run computes (localearn.parallel), so its layout is
+# how the run is invoked, not what it is: a run may be resumed with another layout, or in one process.
+INVOCATION += ("parallel", "world_size", "devices", "in_flight")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +67,10 @@ class RunSpec:
     sources: dict[str, str]  # which layer set each hyperparameter and run setting
     command: str = ""  # the command line that asked for the run, as it can be typed again
     recipe: str = ""  # a paper's comparison settings (presets.RECIPES); "": the presets alone
+    parallel: str = ""  # "units": the rule's units in separate processes (localearn.parallel); "": one
+    world_size: int = 0  # processes of a parallel run (0: one per device of ``devices``)
+    devices: str = ""  # a parallel run's stage devices, comma-separated ("": every stage on ``device``)
+    in_flight: int = 2  # batches that may wait between two stages
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -71,7 +78,8 @@ class RunSpec:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunSpec:
         fields = {f.name for f in dataclasses.fields(cls)}
-        d = {"command": "", "recipe": "", **d}  # specs written before these were recorded
+        # Specs written before these were recorded:
+        d = {"command": "", "recipe": "", "parallel": "", "world_size": 0, "devices": "", "in_flight": 2, **d}
         if set(d) != fields:
             raise ValueError(
                 f"not a run spec: missing {sorted(fields - set(d))}, unexpected {sorted(set(d) - fields)}"
@@ -134,6 +142,7 @@ class RunSpec:
         if not 0 <= self.val_fraction < 1:
             raise ValueError(f"val_fraction={self.val_fraction!r} must lie in [0, 1)")
         resolve_device(self.device)
+        self._check_parallel()
         countries = known_countries() if self.energy else None
         if countries is not None and self.country not in countries:
             raise ValueError(
@@ -141,6 +150,21 @@ class RunSpec:
                 f"(e.g. USA, FRA, DEU, GBR, JPN; {len(countries)} in all)"
             )
         return self
+
+    def _check_parallel(self) -> None:
+        if self.parallel not in ("", "units"):
+            raise ValueError(f"--parallel {self.parallel!r} is not valid; choose one of: units")
+        if not self.parallel:
+            if self.world_size or self.devices:
+                raise ValueError("--world-size and --devices need --parallel units")
+            return
+        devices = [d for d in self.devices.split(",") if d]
+        for device in devices:
+            resolve_device(device)
+        if not devices and self.world_size < 2:
+            raise ValueError(f"--parallel units needs --world-size K>=2 or --devices: got {self.world_size}")
+        if self.in_flight < 1:
+            raise ValueError(f"--in-flight {self.in_flight} must be >= 1")
 
 
 @functools.cache
@@ -224,6 +248,10 @@ def resolve(
     val_fraction: float = 0.1,
     command: str = "",
     recipe: str = "",
+    parallel: str = "",
+    world_size: int = 0,
+    devices: str = "",
+    in_flight: int = 2,
     **flags: Any,
 ) -> RunSpec:
     """The RunSpec of one run. ``flags`` are the command line's run settings and ``lr`` (None: not given);
@@ -299,6 +327,10 @@ def resolve(
         sources=sources,
         command=command,
         recipe=recipe,
+        parallel=parallel,
+        world_size=world_size,
+        devices=devices,
+        in_flight=in_flight,
     ).validated()
 
 

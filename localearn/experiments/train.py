@@ -15,7 +15,8 @@ from typing import Any
 
 import torch
 
-from ..algorithms import Algorithm, make
+from .. import parallel
+from ..algorithms import Algorithm, AlgorithmFactory
 from ..data import DataSplit, load_dataset, resolve_device
 from ..energy import EnergyCallback, EnergyMeter, MemoryCallback
 from ..trainer import Result, Trainer
@@ -39,15 +40,18 @@ def load_splits(spec: RunSpec, device: torch.device) -> tuple[DataSplit, DataSpl
 
 def build_algorithm(spec: RunSpec, train: DataSplit, device: torch.device, **overrides: Any) -> Algorithm:
     """The seeded network of the spec's model, built by the rule, and the rule on it."""
-    torch.manual_seed(spec.seed)
-    hyperparameters = {**spec.hyperparameters, **overrides}
-    return make(
+    return algorithm_factory(spec, train, **overrides)(device)
+
+
+def algorithm_factory(spec: RunSpec, train: DataSplit, **overrides: Any) -> AlgorithmFactory:
+    """How to build the spec's algorithm in any process (a layer-parallel run's stages build it too)."""
+    return AlgorithmFactory(
         spec.algorithm,
         spec.model,
         train.num_classes,
-        input_shape=train.input_shape,
-        device=device,
-        **hyperparameters,
+        tuple(train.input_shape),
+        spec.seed,
+        {**spec.hyperparameters, **overrides},
     )
 
 
@@ -84,31 +88,39 @@ class Interrupted(Exception):
 def run(spec: RunSpec) -> tuple[Result, Path]:
     """Train the run ``spec`` describes; its directory is spec.out/spec.name (with --resume) or the next
     free name beside it, which the spec in config.json then names."""
-    device = resolve_device(spec.device)
+    devices = [d for d in spec.devices.split(",") if d]
+    device = resolve_device(devices[0] if devices else spec.device)
     train, val, test = load_splits(spec, device)
-    algo = build_algorithm(spec, train, device)
     run_dir = spec.run_dir if spec.resume else next_free(spec.run_dir)
     spec = spec.replace(name=run_dir.name)
     meter = EnergyMeter(device, country_iso_code=spec.country) if spec.energy else None
+    options = dict(
+        **trainer_options(spec),
+        run_dir=run_dir,
+        resume=spec.resume,
+        progress=spec.progress,
+        callbacks=[MemoryCallback(), *([EnergyCallback(meter)] if meter else [])],
+        run_info={
+            "dataset": spec.dataset_label,
+            "model": spec.model,
+            "spec": spec.computed(),
+            "invocation": spec.invocation(),
+        },
+    )
     try:
-        trainer = Trainer(
-            algo,
-            train,
-            val,
-            test,
-            **trainer_options(spec),
-            run_dir=run_dir,
-            resume=spec.resume,
-            progress=spec.progress,
-            callbacks=[MemoryCallback(), *([EnergyCallback(meter)] if meter else [])],
-            run_info={
-                "dataset": spec.dataset_label,
-                "model": spec.model,
-                "spec": spec.computed(),
-                "invocation": spec.invocation(),
-            },
-        )
-        result = trainer.fit()
+        if spec.parallel:
+            result = parallel.fit(
+                algorithm_factory(spec, train),
+                train,
+                val,
+                test,
+                world_size=spec.world_size or None,
+                devices=[str(resolve_device(d)) for d in devices],
+                in_flight=spec.in_flight,
+                **options,
+            )
+        else:
+            result = Trainer(build_algorithm(spec, train, device), train, val, test, **options).fit()
     except KeyboardInterrupt:
         raise Interrupted(run_dir) from None
     finally:
