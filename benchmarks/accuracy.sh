@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Accuracy against the papers (issue 2): Mono-Forward and backprop on the presets' networks, CPU.
-# Usage: LOCALEARN_DATA=../shared/data bash benchmarks/accuracy.sh [mnist|cifar10|ff|dfa|fg|ccl|noprop_dt|noprop_prototype|noprop_bp|noprop_ct|ccl_paper|mf_reference|ff_loewex|fg_momentum|db_mnist|db_mnist_deep|db_mnist_cosine|db_ablation|db_cifar10|db_cifar10_cosine|all] > benchmarks/out/accuracy.log
+# Usage: LOCALEARN_DATA=../shared/data bash benchmarks/accuracy.sh [mnist|cifar10|ff|dfa|fg|ccl|noprop_dt|noprop_prototype|noprop_bp|noprop_ct|ccl_paper|mf_reference|ff_loewex|fg_momentum|db_mnist|db_mnist_deep|db_mnist_cosine|db_ablation|db_cifar10|db_cifar10_cosine|db_cifar10_one_block|all] > benchmarks/out/accuracy.log
 # Every run goes through the command line, so the figures are the ones a user gets.
 set -euo pipefail
 which=${1:-all}
@@ -159,6 +159,13 @@ if [[ $which == db_cifar10_cosine ]]; then
   run cifar10 --algo backprop --model resmlp --seed 0 "${cosine[@]}" --epochs $((3 * ${DB_CIFAR_EPOCHS:-12})) \
     --patience 15 --name cifar10-backprop_cosine-resmlp512x6-s0 &
   wait
+fi
+if [[ $which == db_cifar10_one_block ]]; then
+  # The cosine recipe with B = 1: the whole backbone one denoiser over all noise levels, trained end to end
+  # (an epoch is one pass, so 3 x DB_CIFAR_EPOCHS epochs are the same passes). Against db_cifar10_cosine it
+  # separates what the diffusion objective costs from what splitting the backbone into blocks costs.
+  run cifar10 --algo diffusion_blocks --seed 0 --hp blocks=1 --hp lr_schedule=cosine --hp lr_floor=0.1 \
+    --epochs $((3 * ${DB_CIFAR_EPOCHS:-12})) --patience 15 --name cifar10-diffusion_blocks_b1_cosine-resmlp512x6-s0
 fi
 if [[ $which == db_cifar10 || $which == all ]]; then
   # CIFAR-10, residual MLP 512 wide, crop+flip (the dataset preset), the same pairing of budgets.

@@ -30,6 +30,9 @@ print("|---|---|---|---|")
 for name, (rate, accuracy, _) in runs.items():
     print(f"| {name} | {rate:.0f} | {rate / base:.2f} | {accuracy:.4f} |")
 layout = runs["two-stages"][2]
-print("stages:", "; ".join(f"{','.join(s['units'])} ({s['device']})" for s in layout["stages"]))
+busy = [s["busy_seconds_last_epoch"] for s in layout["stages"]]
+print("stages:", "; ".join(f"{','.join(s['units'])} ({s['device']}, {b:.1f} s busy in the last epoch)"
+                           for s, b in zip(layout["stages"], busy)))
+print(f"ideal speed-up (all stages' busy time over the busiest's): {sum(busy) / max(busy):.2f}")
 print("equal test accuracy (one thread, two stages):", runs["one-thread"][1] == runs["two-stages"][1])
 PY

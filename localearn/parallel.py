@@ -210,12 +210,15 @@ class Stage:
         self.owned_params = {id(p) for unit in owned for p in unit.parameters()}
         self.sums: dict[str, torch.Tensor] = {}
         self.steps = 0
+        self.busy = 0.0  # seconds in train_units this epoch (as the host sees them: a GPU may lag)
         self.step_times: list[float] = []  # when each step of this epoch ended (time.time())
 
     def step(self, a: torch.Tensor, y: torch.Tensor, lr: float) -> dict[str, torch.Tensor]:
         """Train this stage's units on batch (a, y) and send their output on."""
         self.algo.set_progress(lr)
+        start = time.perf_counter()
         out, stats = self.algo.train_units(a, y, self.units)
+        self.busy += time.perf_counter() - start
         if not self.last:
             self.link.send(BATCH, out, y, lr)
         for k, v in stats.items():
@@ -242,10 +245,11 @@ class Stage:
             "means": {k: float(v) / self.steps for k, v in self.sums.items()} if self.steps else {},
             "steps": self.steps,
             "step_times": self.step_times,
+            "busy_seconds": self.busy,
             "sources": sorted(self.link.sources),
             "peak_memory": lifetime_peak(self.algo.device),
         }
-        self.sums, self.steps, self.step_times = {}, 0, []
+        self.sums, self.steps, self.busy, self.step_times = {}, 0, 0.0, []
         return on_cpu(report)
 
 
@@ -364,6 +368,7 @@ class LayoutReport(Callback):
         reports = self.head.reports
         for entry, report in zip(stages, reports, strict=False):
             entry["steps_last_epoch"] = report["steps"]
+            entry["busy_seconds_last_epoch"] = report["busy_seconds"]  # in its units' steps, not waiting
             entry["received_from"] = [rank + 1 for rank in report["sources"]]  # stage numbers
             entry["peak_memory_bytes"], entry["peak_memory_kind"] = report["peak_memory"]  # the process's
             # How long after stage 1's last step of the last epoch this stage ended its own.

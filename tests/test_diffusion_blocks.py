@@ -83,6 +83,14 @@ def test_a_step_moves_only_the_chosen_block_and_the_shared_parts():
     assert seen == {"block1", "block2", "block3"}  # a uniform draw per batch reaches every block
 
 
+def test_one_block_infers_in_one_euler_step_from_pure_noise():
+    """B = 1: the grid is [sigma_max, sigma_min] (one Euler step, then the final denoise), not a jump from
+    pure noise to the final denoise, which reads the noise as a nearly clean label and scores at chance."""
+    torch.manual_seed(0)
+    algo = make("diffusion_blocks", "resmlp:8,2", 3, input_shape=(5,), blocks=1)
+    assert algo.inference_grid == pytest.approx([80, 0.002])
+
+
 def test_inference_calls_blocks_from_high_to_low_noise():
     torch.manual_seed(0)
     algo = make("diffusion_blocks", "resmlp:8,6", 3, input_shape=(5,), inference_steps=4)

@@ -16,6 +16,7 @@ from test_cli import COMMON, cli_env, final_figures, run_cli
 
 from localearn import Trainer, parallel
 from localearn.algorithms import ALGORITHMS, AlgorithmFactory
+from localearn.experiments.__main__ import main
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -160,13 +161,13 @@ def test_the_stages_share_the_parameters_out():
     assert parallel.balanced_split([1, 1, 8], 3) == [(0, 1), (1, 2), (2, 3)]
 
 
-def test_the_command_line_refuses_a_rule_with_a_top_down_signal(image_tree, tmp_path):
-    done = run_cli(
-        [str(image_tree), "--algo", "dfa", *COMMON, "--parallel", "units", "--world-size", "2",
-         "--out", str(tmp_path)], tmp_path / "cache",
-    )  # fmt: skip
-    assert done.returncode == 2 and "dfa cannot train layer-parallel" in done.stderr, done.stderr
+def test_the_command_line_refuses_a_rule_with_a_top_down_signal(image_tree, tmp_path, capsys):
+    args = [str(image_tree), "--algo", "dfa", *COMMON, "--parallel", "units", "--world-size", "2"]
+    assert main([*args, "--out", str(tmp_path), "--cache-dir", str(tmp_path / "cache")]) == 2
+    assert "error: dfa cannot train layer-parallel: dfa's update" in capsys.readouterr().err
     assert not any(tmp_path.glob("*/config.json"))
+    assert main([str(image_tree), "--algo", "mono_forward", "--world-size", "2"]) == 2
+    assert "--world-size and --devices need --parallel units" in capsys.readouterr().err
 
 
 def killed_run(args, stage, step, tmp_path):

@@ -94,7 +94,7 @@ class DiffusionBlocksConfig(OptimizerConfig):
     gamma: float = 0.05  # each block's range widened by this share of its log-range on each side
     partition: str = "equiprobable"  # equiprobable | uniform (equal steps in ln sigma; the ablation)
     order: str = "random"  # random: a block drawn per batch (the paper) | cyclic: pass b trains block b
-    inference_steps: int = 0  # points of the inference grid (0: B, as the code)
+    inference_steps: int = 0  # points of the inference grid (0: B, as the code; 2 where B = 1)
     init_noise: str = "code"  # code: sqrt(1 + sigma_max^2) | paper: sigma_max
 
     def __post_init__(self) -> None:
@@ -156,8 +156,10 @@ class DiffusionBlocks(Algorithm):
         self.boundaries = block_boundaries(c.blocks, c.partition)
         self.ranges = training_ranges(self.boundaries, c.gamma)
         self.range_cdfs = [(_cdf(lo), _cdf(hi)) for lo, hi in self.ranges]  # for sample_sigma, every step
-        steps = c.inference_steps or c.blocks
-        grid = block_boundaries(steps - 1, c.partition) if steps > 1 else [SIGMA_MAX]
+        # B points (the code's), but never one: from sigma_max straight to the final denoise at sigma_min,
+        # the network would read pure noise as a nearly clean label (B = 1 predicted at chance).
+        steps = c.inference_steps or max(c.blocks, 2)
+        grid = block_boundaries(steps - 1, c.partition)
         self.inference_grid = list(reversed(grid))  # sigma_max ... sigma_min
         self.passes_per_epoch = c.blocks
         self.optimizers = [
