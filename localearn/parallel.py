@@ -17,10 +17,11 @@ rule, metering, checkpoints and result.json are the one-process run's. The epoch
 meeting point: stage 1 sends "sync" down the line behind the epoch's last batch, and every stage hands its
 units' state (parameters, optimizer state, running statistics) and loss means to stage 1 in one gather.
 Validation then runs on the assembled network, and a checkpoint is the whole rule's state, the same as a
-one-process run's, so a run killed anywhere resumes from it with any layout. A state loaded into stage 1
-(at the start, on resume, at a stage of the stopping rule) reaches the others by broadcast before the next
-batch. Every wait has a timeout ($LOCALEARN_PARALLEL_TIMEOUT, 600 s); a stage that dies takes the others
-down, and the error names it.
+one-process run's, so a run killed anywhere resumes from it with any layout. That gather is the only thing
+a later stage sends to an earlier one, and no update reads it. A state loaded into stage 1 (at the start,
+on resume, when the best state is restored) reaches the others by broadcast before the next batch. Every
+wait has a timeout ($LOCALEARN_PARALLEL_TIMEOUT, 600 s); a stage that dies takes the others down, and the
+error names it.
 """
 
 from __future__ import annotations

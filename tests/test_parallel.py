@@ -19,6 +19,7 @@ from localearn.algorithms import ALGORITHMS, AlgorithmFactory
 from localearn.experiments.__main__ import main
 
 pytestmark = pytest.mark.timeout(240)
+LOCAL_FG = {"variant": "local_activity"}
 
 
 @pytest.fixture(autouse=True)
@@ -61,11 +62,13 @@ def one_thread(fn):
         ("mono_forward", {}, 3),
         ("forward_forward", {}, 2),
         ("forward_forward", {"peer_normalisation": 0.03}, 3),
+        ("forward_gradient", {**LOCAL_FG, "num_tangents": 2, "groups": 4}, 2),
     ],
 )
 def test_the_parallel_run_computes_what_one_process_computes(algo, hp, stages, splits, tmp_path):
     """50 steps (2 epochs of 25), one thread per process, the same seed and batch order: every tensor of the
-    rule's state (weights, projections, optimizer moments, running means) is equal, bit for bit."""
+    rule's state (weights, projections, optimizer moments, running means, tangent generators' states) is
+    equal, bit for bit."""
     train, val, test = splits
     factory = AlgorithmFactory(algo, "mlp:16,16,16", 4, (20,), 0, {"lr": 1e-2, **hp})
     options = dict(epochs=2, batch_size=16, patience=None, progress=False)
@@ -138,6 +141,7 @@ def test_every_rule_runs_layer_parallel_or_says_why_not(name):
         ("backprop", {}, "gradients through the units above"),
         ("dfa", {}, "output error"),
         ("counter_current", {}, "feedback network"),
+        ("forward_gradient", {"variant": "weight"}, "gradients through the units above"),
         ("mono_forward", {"schedule": "sequential"}, "schedule=sequential"),
         ("forward_forward", {"prediction": "readout"}, "readout"),
         ("forward_forward", {"negatives": "hard"}, "readout"),
@@ -146,8 +150,8 @@ def test_every_rule_runs_layer_parallel_or_says_why_not(name):
 def test_rules_with_a_top_down_signal_are_refused_with_the_reason(algo, hp, reason):
     with pytest.raises(ValueError, match=reason):
         parallel.plan(build(algo, **hp), 2)
-    for name in ("mono_forward", "forward_forward"):
-        assert build(name).parallel_refusal() is None
+    for name, ok in [("mono_forward", {}), ("forward_forward", {}), ("forward_gradient", LOCAL_FG)]:
+        assert build(name, **ok).parallel_refusal() is None
 
 
 def test_more_stages_than_units_is_refused():

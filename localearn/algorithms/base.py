@@ -189,6 +189,14 @@ def sinusoidal_features(values: torch.Tensor, dim: int, scale: float) -> torch.T
     return torch.cat([angles.sin(), angles.cos()], -1)
 
 
+def last_unit_loss(stats: dict[str, Any]) -> Any:
+    """The highest-numbered ``loss_unitN`` of a step's (or an epoch's) statistics: where the last unit's
+    head makes the prediction, the loss that compares with backprop's."""
+    return stats[
+        f"loss_unit{max(int(k.removeprefix('loss_unit')) for k in stats if k.startswith('loss_unit'))}"
+    ]
+
+
 def forward_detached(units: Iterable[nn.Module], x: torch.Tensor) -> list[torch.Tensor]:
     """Every unit's output, each unit fed the *detached* output of the one before: the graph is cut at
     every unit boundary, so a loss on one output reaches that unit's parameters and nothing earlier."""

@@ -35,8 +35,10 @@ tangent for all G groups is one grouped product; otherwise one forward-mode pass
 runs through the activation and the head. Both give the same numbers (tests/test_forward_gradient.py).
 
 The heads of hidden units 1..L-1 are auxiliary bias-free linear maps; the network's own head is the head
-of the last hidden unit and makes the prediction (as Mono-Forward's M_L). Tangents come from the rule's
-training generator (the base class's, saved with the state), so a resumed run draws the same tangents.
+of the last hidden unit and makes the prediction (as Mono-Forward's M_L). The weight variant's tangents come
+from the rule's training generator (the base class's); local_activity gives each unit a generator of its
+own, seeded from it, so that a unit's noise does not depend on the units below (a layer-parallel stage
+draws what one process draws). All are saved with the state, so a resumed run draws the same tangents.
 
 BatchNorm is refused: its running statistics are written in place, which torch.func.jvp does not allow
 (research notes, anchors_ccl_dfa_fg_noprop_db.md section 3d); LayerNorm and GroupNorm work.
@@ -44,9 +46,11 @@ BatchNorm is refused: its running statistics are written in place, which torch.f
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -60,6 +64,7 @@ from .base import (
     OptimizerConfig,
     ParameterGroups,
     check_choice,
+    last_unit_loss,
     linear_readout,
     unit_output_shapes,
     units_of,
@@ -145,6 +150,29 @@ def directional_derivative(u: Any, f: Any, at: Any) -> tuple[torch.Tensor, torch
     return jvp(f, (at,), (u,))
 
 
+class GeneratorState(nn.Module):
+    """A generator's state in a module's state_dict (nn.Module's extra state)."""
+
+    def __init__(self, generator: torch.Generator) -> None:
+        super().__init__()
+        self.generator = generator
+
+    def get_extra_state(self) -> torch.Tensor:
+        return self.generator.get_state()
+
+    def set_extra_state(self, state: torch.Tensor) -> None:
+        self.generator.set_state(state)
+
+
+@contextlib.contextmanager
+def quiet_jvp() -> Iterator[None]:
+    """torch.func.jvp's first call scripts a decomposition inside torch, which warns that torch.jit.script
+    is deprecated: torch's own business, not the user's."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`torch.jit.script` is deprecated", category=FutureWarning)
+        yield
+
+
 class ForwardGradient(Algorithm):
     name = "forward_gradient"
     Config = ForwardGradientConfig
@@ -168,6 +196,10 @@ class ForwardGradient(Algorithm):
             hidden = units[:-1] if len(units) >= 2 else units
             # (pre, post, head) per hidden unit: where the noise goes, what it passes through, its loss.
             self.local_units = [(*split_unit(unit), head) for unit, head in zip(hidden, heads, strict=True)]
+            # A tangent generator per unit, seeded from the rule's: a unit's noise does not depend on what
+            # the units below it drew, so a layer-parallel stage draws what the one-process run draws.
+            seeds = torch.randint(2**62, (len(hidden),), generator=self.generator, device=self.device)
+            self.unit_generators = [torch.Generator(self.device).manual_seed(s) for s in seeds.tolist()]
         self.aux["readouts"] = self.readouts
         self.optimizers = [self.make_optimizer([*self.net.parameters(), *self.readouts.parameters()])]
 
@@ -177,16 +209,6 @@ class ForwardGradient(Algorithm):
         # orobix port: 2e-4 to 5e-4 at batch 1024; 3e-5 diverged here at batch 128); local_activity with
         # SGD is Ren et al.'s scale (0.05-0.1).
         return (1e-6, 1e-3) if config.variant == "weight" else (1e-3, 0.3)
-
-    def parallel_refusal(self) -> str | None:
-        if self.config.variant == "weight":
-            return super().parallel_refusal()
-        # A unit's noise depends on how much the units below drew before it; giving each unit its own
-        # generator would change every one-process result, so it waits for a reason to.
-        return (
-            "forward_gradient's tangents come from one generator that every unit draws from in turn, so "
-            "separate processes would draw different tangents than the one-process run"
-        )
 
     def parameter_groups(self) -> ParameterGroups:
         if self.config.variant == "weight":
@@ -209,9 +231,12 @@ class ForwardGradient(Algorithm):
         masks = feature_group_masks(z[0].numel(), self.config.groups, z.device, z.dtype)
         return masks.view(self.config.groups, *z.shape[1:])
 
-    def tangent_like(self, t: torch.Tensor, count: int) -> torch.Tensor:
+    def tangent_like(
+        self, t: torch.Tensor, count: int, generator: torch.Generator | None = None
+    ) -> torch.Tensor:
         """``count`` standard normal tangents shaped like ``t``, stacked: [count, *t.shape]."""
-        return torch.randn((count, *t.shape), generator=self.generator, device=t.device, dtype=t.dtype)
+        generator = generator or self.generator
+        return torch.randn((count, *t.shape), generator=generator, device=t.device, dtype=t.dtype)
 
     # -- variant "weight": tangents on every parameter, K of them in one batched forward-mode pass -------
     def weight_gradients(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -235,17 +260,21 @@ class ForwardGradient(Algorithm):
         return {"loss": loss}
 
     # -- variant "local_activity": per-example tangents on each unit's pre-activations -----------------
-    def activity_gradients(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
+    def activity_gradients(
+        self, x: torch.Tensor, y: torch.Tensor, units: range | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Gradients of ``units`` (all by default) from input ``x`` of the first; the last one's output."""
         stats: dict[str, torch.Tensor] = {}
         h = x
         k, groups = self.config.num_tangents, self.config.groups
         outputs, output_grads = [], []  # each unit's graph and what flows into it: one backward for all
-        for i, (pre, post, head) in enumerate(self.local_units):
+        for i in range(len(self.local_units)) if units is None else units:
+            pre, post, head = self.local_units[i]
             z = pre(h.detach())  # the unit boundary: nothing flows to earlier units
             z_point = z.detach()
             # Only active ReLU units can change the loss; perturbing the others only adds variance.
             mask = (z_point > 0).to(z.dtype) if len(post) and isinstance(post[0], nn.ReLU) else None
-            u = self.tangent_like(z_point, k)  # [K, N, ...]
+            u = self.tangent_like(z_point, k, self.unit_generators[i])  # [K, N, ...]
             if mask is not None:
                 u = u * mask
             with torch.no_grad():
@@ -265,8 +294,7 @@ class ForwardGradient(Algorithm):
             output_grads += [grad_z, None]
             stats[f"loss_unit{i + 1}"] = loss.detach()
         torch.autograd.backward(outputs, output_grads)  # disjoint graphs: cut at every unit's input
-        stats["loss"] = stats[f"loss_unit{len(self.local_units)}"]
-        return stats
+        return h, stats
 
     def group_derivatives(
         self, z: torch.Tensor, u: torch.Tensor, post: nn.Module, head: nn.Module, y: torch.Tensor
@@ -306,15 +334,11 @@ class ForwardGradient(Algorithm):
 
     def compute_gradients(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """Fill ``.grad`` of every trained parameter with this step's forward-gradient estimate."""
-        with warnings.catch_warnings():
-            # torch.func.jvp's first call scripts a decomposition inside torch, which warns that
-            # torch.jit.script is deprecated: torch's own business, not the user's.
-            warnings.filterwarnings(
-                "ignore", message="`torch.jit.script` is deprecated", category=FutureWarning
-            )
+        with quiet_jvp():
             if self.config.variant == "weight":
                 return self.weight_gradients(x, y)
-            return self.activity_gradients(x, y)
+            _, stats = self.activity_gradients(x, y)
+        return {**stats, "loss": self.step_loss(stats)}
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         (optimizer,) = self.optimizers
@@ -322,6 +346,39 @@ class ForwardGradient(Algorithm):
         stats = self.compute_gradients(x, y)
         optimizer.step()
         return stats
+
+    # -- layer-parallel runs of local_activity (localearn.parallel) ----------------------------------------
+    def parallel_refusal(self) -> str | None:
+        return super().parallel_refusal() if self.config.variant == "weight" else None
+
+    def pipeline_units(self) -> list[nn.Module]:
+        # Each unit's tangent generator travels with its weights (as the module's extra state).
+        return [
+            nn.ModuleList([*local_unit, GeneratorState(generator)])
+            for local_unit, generator in zip(self.local_units, self.unit_generators, strict=True)
+        ]
+
+    def train_units(
+        self, a: torch.Tensor, y: torch.Tensor, units: range
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        (optimizer,) = self.optimizers
+        optimizer.zero_grad(set_to_none=True)
+        with quiet_jvp():
+            out, stats = self.activity_gradients(a, y, units)
+        optimizer.step()  # units outside ``units`` have no gradient: the optimizer leaves them as they are
+        return out, stats
+
+    def step_loss(self, stats: dict[str, torch.Tensor]) -> torch.Tensor:
+        return last_unit_loss(stats)  # the last unit's head is the network's, which predicts
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"unit_generators": [g.get_state() for g in getattr(self, "unit_generators", [])]}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        # Checkpoints written before the per-unit generators existed have none: theirs start afresh.
+        saved = state.get("unit_generators", [])
+        for generator, generator_state in zip(getattr(self, "unit_generators", []), saved, strict=False):
+            generator.set_state(generator_state)
 
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:

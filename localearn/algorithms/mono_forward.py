@@ -41,6 +41,7 @@ from .base import (
     ParameterGroups,
     check_choice,
     forward_detached,
+    last_unit_loss,
     linear_readout,
     unit_output_shapes,
     units_of,
@@ -142,8 +143,7 @@ class MonoForward(Algorithm):
         return outputs[-1].detach(), stats
 
     def step_loss(self, stats: dict[str, torch.Tensor]) -> torch.Tensor:
-        """The last trained unit's loss: its projection is the readout, so this compares with backprop's."""
-        return stats[f"loss_unit{max(int(k.removeprefix('loss_unit')) for k in stats)}"]
+        return last_unit_loss(stats)  # its projection is the readout
 
     def parallel_refusal(self) -> str | None:
         if self.config.schedule == "sequential":

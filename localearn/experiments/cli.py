@@ -160,7 +160,7 @@ def _add_run_options(p: argparse.ArgumentParser, command: str) -> None:
             default=s,
             choices=["units"],
             help="units: the rule's units in separate processes, each stage training on what the one "
-            "below sends (bottom-up rules: mono_forward, forward_forward)",
+            "below sends (bottom-up rules: mono_forward, forward_forward, forward_gradient local_activity)",
         )
         add("--world-size", type=int, default=s, metavar="K", help="--parallel: the number of stages")
         add("--devices", default=s, help="--parallel: one device per stage, e.g. cuda:0,cuda:1")
