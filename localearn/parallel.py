@@ -31,6 +31,7 @@ import dataclasses
 import datetime
 import functools
 import logging
+import math
 import os
 import signal
 import socket
@@ -51,7 +52,7 @@ from .trainer import Result, Trainer, on_cpu
 
 log = logging.getLogger(__name__)
 
-BATCH, SYNC, LOAD, STOP = 1, 2, 3, 4
+BATCH, SYNC, LOAD, STOP, RESIZE = 1, 2, 3, 4, 5
 HEADER = 12  # kind, lr fraction, dtype, ndim, up to 6 sizes, labels
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -147,55 +148,83 @@ class Link:
     def __init__(self, rank: int, world_size: int, device: torch.device, in_flight: int) -> None:
         self.rank, self.world_size, self.in_flight = rank, world_size, in_flight
         self.wire = device if dist.get_backend() == "nccl" else torch.device("cpu")
-        self.open_sends: deque[list[dist.Work]] = deque()
+        self.open_sends: deque[dist.Work] = deque()
+        # Bytes of every message each way (a middle stage has both); RESIZE grows them to the largest batch.
+        self.capacity_in = self.capacity_out = HEADER * 8
         self.sources: set[int] = set()  # every rank a message came from: only ever rank - 1
+        self.waiting = 0.0  # seconds blocked on the stage below (receive) or above (backpressure)
+        self.next_message: tuple[torch.Tensor, dist.Work] | None = None  # a receive already posted
 
     def send(
         self, kind: int, a: torch.Tensor | None = None, y: torch.Tensor | None = None, lr: float = 0.0
     ) -> None:
+        """One message: a header (kind, learning-rate fraction, the activation's dtype and shape, the batch
+        size), then for a batch the activation's and the labels' bytes, padded to the link's capacity, so
+        that the next stage can post its receive before the message exists (see recv)."""
         header = torch.zeros(HEADER, dtype=torch.float64)
         header[0], header[1] = kind, lr
-        tensors = [header]
+        payload = [header.view(torch.uint8)]
         if a is not None and y is not None:
             header[2], header[3], header[10] = DTYPES.index(a.dtype), a.dim(), len(y)
             header[4 : 4 + a.dim()] = torch.tensor(a.shape, dtype=torch.float64)
-            tensors += [a.contiguous(), y]
-        dst = self.rank + 1
-        self.open_sends.append([dist.isend(t.to(self.wire), dst) for t in tensors])
+            payload += [a.detach().contiguous().view(-1).view(torch.uint8).to(self.wire), y.view(torch.uint8)]
+        size = sum(len(p) for p in payload)
+        if size > self.capacity_out:  # tell the next stage first, in a message of the size it expects
+            self.send(RESIZE, lr=size)  # (the new size where a batch has its learning-rate fraction)
+            self.capacity_out = size
+        message = torch.zeros(self.capacity_out, dtype=torch.uint8, device=self.wire)
+        torch.cat([p.to(self.wire) for p in payload], out=message[:size])
+        self.open_sends.append(dist.isend(message, self.rank + 1))
+        start = time.perf_counter()
         while len(self.open_sends) > self.in_flight:  # backpressure: wait until the next stage takes one
-            self._wait(self.open_sends.popleft(), f"stage {dst + 1} to take a message")
+            self._wait(self.open_sends.popleft(), f"stage {self.rank + 2} to take a message")
+        self.waiting += time.perf_counter() - start
 
     def flush(self) -> None:
         while self.open_sends:
             self._wait(self.open_sends.popleft(), f"stage {self.rank + 2} to take a message")
 
     def recv(self) -> tuple[int, torch.Tensor | None, torch.Tensor | None, float]:
-        header = torch.empty(HEADER, dtype=torch.float64, device=self.wire)
-        if self.wire.type == "cpu":  # gloo: from any rank, so that the assertion below can fail
-            work = dist.irecv(header)
-            self._wait([work], f"stage {self.rank} to send")
-            source = work._source_rank()
-        else:  # NCCL has no receive from any rank
-            source = self.rank - 1
-            self._wait([dist.irecv(header, source)], f"stage {self.rank} to send")
-        self.sources.add(source)
-        assert source == self.rank - 1, f"stage {self.rank + 1} got a message from stage {source + 1}"
-        header = header.cpu()
-        kind, lr = int(header[0]), float(header[1])
+        """The next message from the stage below. Its receive was posted as soon as the one before had
+        arrived: the transfer overlaps this stage's step instead of following it."""
+        start = time.perf_counter()
+        try:
+            while True:
+                message, work = self.next_message or self._post()
+                self.next_message = None
+                self._wait(work, f"stage {self.rank} to send")
+                source = work._source_rank() if self.wire.type == "cpu" else self.rank - 1
+                self.sources.add(source)
+                assert source == self.rank - 1, f"stage {self.rank + 1} got a message from stage {source + 1}"
+                header = message[: HEADER * 8].cpu().view(torch.float64)
+                kind, lr = int(header[0]), float(header[1])
+                if kind == RESIZE:
+                    self.capacity_in = int(lr)
+                if kind != STOP:
+                    self.next_message = self._post()
+                if kind != RESIZE:
+                    break
+        finally:
+            self.waiting += time.perf_counter() - start
         if kind != BATCH:
             return kind, None, None, lr
         shape = [int(s) for s in header[4 : 4 + int(header[3])]]
-        a = torch.empty(shape, dtype=DTYPES[int(header[2])], device=self.wire)
-        y = torch.empty(int(header[10]), dtype=torch.long, device=self.wire)
-        self._wait([dist.irecv(a, source), dist.irecv(y, source)], f"stage {self.rank} to send")
-        return kind, a, y, lr
+        dtype, labels = DTYPES[int(header[2])], int(header[10])
+        start, end = HEADER * 8, HEADER * 8 + math.prod(shape) * dtype.itemsize
+        a = message[start:end].view(dtype).view(shape)
+        return kind, a, message[end : end + labels * 8].view(torch.long), lr
+
+    def _post(self) -> tuple[torch.Tensor, dist.Work]:
+        message = torch.empty(self.capacity_in, dtype=torch.uint8, device=self.wire)
+        if self.wire.type == "cpu":  # gloo: from any rank, so that the assertion in recv can fail
+            return message, dist.irecv(message)
+        return message, dist.irecv(message, self.rank - 1)  # NCCL has no receive from any rank
 
     @staticmethod
-    def _wait(works: list[dist.Work], what: str) -> None:
+    def _wait(work: dist.Work, what: str) -> None:
         seconds = timeout_seconds()
-        for work in works:
-            if not work.wait(datetime.timedelta(seconds=seconds)):
-                raise ParallelError(f"waited {seconds:.0f} s for {what} ($LOCALEARN_PARALLEL_TIMEOUT)")
+        if not work.wait(datetime.timedelta(seconds=seconds)):
+            raise ParallelError(f"waited {seconds:.0f} s for {what} ($LOCALEARN_PARALLEL_TIMEOUT)")
 
 
 # -- what every stage does ---------------------------------------------------------------------------------
@@ -247,10 +276,12 @@ class Stage:
             "steps": self.steps,
             "step_times": self.step_times,
             "busy_seconds": self.busy,
+            "waiting_seconds": self.link.waiting,
             "sources": sorted(self.link.sources),
             "peak_memory": lifetime_peak(self.algo.device),
         }
         self.sums, self.steps, self.busy, self.step_times = {}, 0, 0.0, []
+        self.link.waiting = 0.0
         return on_cpu(report)
 
 
@@ -369,7 +400,8 @@ class LayoutReport(Callback):
         reports = self.head.reports
         for entry, report in zip(stages, reports, strict=False):
             entry["steps_last_epoch"] = report["steps"]
-            entry["busy_seconds_last_epoch"] = report["busy_seconds"]  # in its units' steps, not waiting
+            entry["busy_seconds_last_epoch"] = report["busy_seconds"]  # in its units' steps
+            entry["waiting_seconds_last_epoch"] = report["waiting_seconds"]  # on its neighbours
             entry["received_from"] = [rank + 1 for rank in report["sources"]]  # stage numbers
             entry["peak_memory_bytes"], entry["peak_memory_kind"] = report["peak_memory"]  # the process's
             # How long after stage 1's last step of the last epoch this stage ended its own.
