@@ -295,6 +295,7 @@ class Trainer:
                 f"(now {algo.hyperparameters().get('lr')}). Files written so far are kept"
                 + (f" in {self.run_dir.path}" if self.run_dir else "")
             )
+        val_start = time.perf_counter()  # the float()s above waited for the device
         val_accuracy, val_loss = self.evaluate(self.val_split) if len(self.val_split) else (None, None)
         _sync(algo.device)
         seconds = time.perf_counter() - start
@@ -308,6 +309,7 @@ class Trainer:
             "val_accuracy": val_accuracy,
             "val_loss": val_loss,
             "seconds": seconds,
+            "val_seconds": seconds - (val_start - start),  # the part of ``seconds`` spent validating
         }
         self._apply_stopping_rule(record)
         for cb in self.callbacks:

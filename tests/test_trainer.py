@@ -115,6 +115,7 @@ def test_run_directory_files(blobs, tmp_path):
     lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in lines] == [1, 2, 3]
     assert all(0 <= r["val_accuracy"] <= 1 and r["seconds"] > 0 for r in lines)
+    assert all(0 < r["val_seconds"] < r["seconds"] for r in lines)  # validation is part of the epoch
     saved = json.loads((run / "result.json").read_text())
     for key in (
         "algorithm",
