@@ -25,7 +25,8 @@ from torch import nn
 
 from localearn import models
 from localearn.algorithms import register
-from localearn.algorithms.base import Algorithm, OptimizerConfig, ParameterGroups, check_positive
+from localearn.algorithms.base import Algorithm, ParameterGroups
+from localearn.algorithms.config import OptimizerConfig, check_positive
 
 
 @dataclasses.dataclass

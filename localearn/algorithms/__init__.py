@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from .backprop import Backprop
-from .base import Algorithm, HyperparameterError, ParameterGroups
+from .base import Algorithm, ParameterGroups
+from .config import HyperparameterError
 from .counter_current import CounterCurrent
 from .dfa import DFA
 from .diffusion_blocks import DiffusionBlocks

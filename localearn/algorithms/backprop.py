@@ -15,7 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Algorithm, OptimizerConfig, check_positive
+from .base import Algorithm
+from .config import OptimizerConfig, check_positive
 
 
 @dataclasses.dataclass

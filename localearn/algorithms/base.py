@@ -1,4 +1,6 @@
-"""The Algorithm contract shared by every learning rule, and the mechanics they share.
+"""The Algorithm contract shared by every learning rule, and the mechanics they share. What their
+hyperparameters share (checks, optimizers, schedules) is in config.py; networks as stacks of units in
+units.py.
 
 An algorithm owns its network, its auxiliary parameters, its optimizers and its random generators. The
 Trainer only calls:
@@ -39,7 +41,6 @@ accepts, and ``__post_init__`` checks choices so a bad value fails before any wo
 from __future__ import annotations
 
 import dataclasses
-import math
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
@@ -48,163 +49,15 @@ from torch import nn
 
 from .. import models
 from ..splits import DataSplit
-
-
-class HyperparameterError(ValueError):
-    """A hyperparameter name or value that the algorithm does not accept."""
-
-
-def check_choice(name: str, value: str, choices: Sequence[str]) -> None:
-    """Raise HyperparameterError naming the bad value and the valid ones."""
-    if value not in choices:
-        raise HyperparameterError(f"{name}={value!r} is not valid; choose one of: {', '.join(choices)}")
-
-
-def check_positive(name: str, value: float, allow_zero: bool = False) -> None:
-    ok = value >= 0 if allow_zero else value > 0
-    if not ok or not math.isfinite(value):
-        raise HyperparameterError(f"{name}={value!r} must be {'>= 0' if allow_zero else '> 0'} and finite")
-
-
-OPTIMIZERS = ("adam", "adamw", "sgd")
-LR_SCHEDULES = ("constant", "cosine", "linear_cooldown")
-
-
-def make_optimizer(
-    name: str, params: Iterable[nn.Parameter], lr: float, weight_decay: float = 0.0, momentum: float = 0.9
-) -> torch.optim.Optimizer:
-    """The optimizers every rule may choose from, built the same way for all of them: ``foreach``, so that a
-    step updates all of its tensors in a few kernels (on a GPU, launches, not arithmetic, bound a small
-    unit's step; torch picks foreach by itself only when every tensor is on a GPU)."""
-    check_choice("optimizer", name, OPTIMIZERS)
-    params = list(params)
-    if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, foreach=True)
-    if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, foreach=True)
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, foreach=True)
-
-
-@dataclasses.dataclass
-class OptimizerConfig:
-    """Hyperparameters every gradient-based rule shares."""
-
-    lr: float = 1e-3
-    optimizer: str = "adam"  # adam | adamw | sgd
-    weight_decay: float = 0.0
-    momentum: float = 0.9  # SGD only
-    # The learning rate over the budget (the epoch cap; per stage for staged rules), set every step:
-    lr_schedule: str = "constant"  # constant | cosine (down to lr_floor * lr) | linear_cooldown
-    lr_floor: float = 0.0  # cosine: the final learning rate as a fraction of lr
-    cooldown_start: float = 0.5  # linear_cooldown: constant until this fraction, then linearly to 0
-
-    def __post_init__(self) -> None:
-        check_positive("lr", self.lr)
-        check_choice("optimizer", self.optimizer, OPTIMIZERS)
-        check_positive("weight_decay", self.weight_decay, allow_zero=True)
-        check_positive("momentum", self.momentum, allow_zero=True)
-        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES)
-        if not 0 <= self.lr_floor <= 1:
-            raise HyperparameterError(f"lr_floor={self.lr_floor!r} must lie in [0, 1]")
-        if not 0 <= self.cooldown_start < 1:
-            raise HyperparameterError(f"cooldown_start={self.cooldown_start!r} must lie in [0, 1)")
-
-
-def lr_factor(config: Any, fraction: float) -> float:
-    """The learning rate's multiplier at ``fraction`` (0..1) of the budget under the Config's schedule."""
-    fraction = min(max(fraction, 0.0), 1.0)
-    if config.lr_schedule == "cosine":
-        return config.lr_floor + (1 - config.lr_floor) * 0.5 * (1 + math.cos(math.pi * fraction))
-    if config.lr_schedule == "linear_cooldown":  # loeweX/Forward-Forward's cool-down, per step
-        start = config.cooldown_start
-        return 1.0 if fraction <= start else (1 - fraction) / (1 - start)
-    return 1.0
-
-
-# Learning-rate ranges for tuning, by optimizer: adaptive optimizers and plain SGD live on different scales.
-LR_RANGES = {"adam": (1e-5, 1e-2), "adamw": (1e-5, 1e-2), "sgd": (1e-3, 1.0)}
-# Weight decay: AdamW's is decoupled from the gradient (a fraction of the weights per step, 1e-3 to 1e-1 in
-# the papers here), Adam's and SGD's is an L2 term added to it.
-WEIGHT_DECAY_RANGES = {"adam": (1e-7, 1e-3), "adamw": (1e-5, 1e-1), "sgd": (1e-7, 1e-3)}
-
-
-def units_of(net: nn.Module, algorithm: str) -> list[nn.Module]:
-    """The children of an nn.Sequential: the units of locality. Anything else is refused, clearly."""
-    if not isinstance(net, nn.Sequential) or len(net) == 0:
-        raise TypeError(
-            f"{algorithm} needs an nn.Sequential whose children are the local units (the last one producing "
-            f"class scores), e.g. localearn.models.mlp(...); got {type(net).__name__}"
-        )
-    return list(net.children())
-
-
-def infer_input_shape(net: nn.Module) -> tuple[int, ...] | None:
-    """(in_features,) where the first layer with weights is an nn.Linear; None where it cannot be known
-    (a convolution fixes the channels but not the height and width)."""
-    first = next((m for m in net.modules() if next(m.parameters(recurse=False), None) is not None), None)
-    return (first.in_features,) if isinstance(first, nn.Linear) else None
-
-
-def unit_output_shapes(
-    units: Sequence[nn.Module], input_shape: Sequence[int] | None, num_classes: int, algorithm: str
-) -> list[tuple[int, ...]]:
-    """The output shape of every unit (no batch dimension), by one dry pass in evaluation mode."""
-    if input_shape is None:
-        raise ValueError(
-            f"{algorithm} needs the input shape to size what it attaches to each unit, and it cannot be "
-            "inferred from this network (its first layer with weights is not an nn.Linear): pass "
-            "input_shape=(C, H, W) to make()"
-        )
-    params = (p for u in units for p in u.parameters())
-    device = next(params, torch.zeros(())).device
-    modes = [(m, m.training) for u in units for m in u.modules()]
-    shapes = []
-    try:
-        with torch.no_grad():
-            a = torch.zeros(2, *input_shape, device=device)  # 2: batch norm refuses a batch of one
-            for unit in units:
-                unit.eval()
-                a = unit(a)
-                shapes.append(tuple(a.shape[1:]))
-    finally:
-        for m, mode in modes:
-            m.training = mode
-    if shapes[-1] != (num_classes,):
-        raise ValueError(
-            f"the network's last unit gives outputs of shape {shapes[-1]}, expected ({num_classes},)"
-        )
-    return shapes
-
-
-def linear_readout(unit_output_shape: Sequence[int], num_classes: int) -> nn.Module:
-    """A bias-free linear map from a unit's flattened output to class scores (a local classifier head)."""
-    return nn.Sequential(nn.Flatten(), nn.Linear(math.prod(unit_output_shape), num_classes, bias=False))
-
-
-def sinusoidal_features(values: torch.Tensor, dim: int, scale: float) -> torch.Tensor:
-    """[N] -> [N, dim]: sin and cos of scale * value at dim / 2 geometric frequencies (1 to 1 / 10000), the
-    transformer's position encoding, here of a diffusion time or a noise level."""
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(dim // 2, device=values.device) / (dim // 2))
-    angles = scale * values.unsqueeze(-1) * freqs
-    return torch.cat([angles.sin(), angles.cos()], -1)
-
-
-def last_unit_loss(stats: dict[str, Any]) -> Any:
-    """The highest-numbered ``loss_unitN`` of a step's (or an epoch's) statistics: where the last unit's
-    head makes the prediction, the loss that compares with backprop's."""
-    return stats[
-        f"loss_unit{max(int(k.removeprefix('loss_unit')) for k in stats if k.startswith('loss_unit'))}"
-    ]
-
-
-def forward_detached(units: Iterable[nn.Module], x: torch.Tensor) -> list[torch.Tensor]:
-    """Every unit's output, each unit fed the *detached* output of the one before: the graph is cut at
-    every unit boundary, so a loss on one output reaches that unit's parameters and nothing earlier."""
-    outputs, h = [], x
-    for unit in units:
-        h = unit(h.detach())
-        outputs.append(h)
-    return outputs
+from .config import (
+    LR_RANGES,
+    WEIGHT_DECAY_RANGES,
+    HyperparameterError,
+    OptimizerConfig,
+    lr_factor,
+    make_optimizer,
+)
+from .units import infer_input_shape
 
 
 @dataclasses.dataclass

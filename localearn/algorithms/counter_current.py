@@ -49,16 +49,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..models import ACTIVATIONS
-from .base import (
-    Algorithm,
-    OptimizerConfig,
-    ParameterGroups,
-    check_choice,
-    check_positive,
-    forward_detached,
-    unit_output_shapes,
-    units_of,
-)
+from .base import Algorithm, ParameterGroups
+from .config import OptimizerConfig, check_choice, check_positive
+from .units import forward_detached, unit_output_shapes, units_of
 
 LOSSES = ("code", "paper")
 

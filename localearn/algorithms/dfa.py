@@ -37,14 +37,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import (
-    Algorithm,
-    OptimizerConfig,
-    check_choice,
-    forward_detached,
-    unit_output_shapes,
-    units_of,
-)
+from .base import Algorithm
+from .config import OptimizerConfig, check_choice
+from .units import forward_detached, unit_output_shapes, units_of
 
 FEEDBACK_INITS = ("nokland", "unit", "xavier")
 

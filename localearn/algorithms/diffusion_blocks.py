@@ -40,13 +40,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import models
-from .base import (
-    Algorithm,
-    HyperparameterError,
-    OptimizerConfig,
-    ParameterGroups,
-    check_choice,
-)
+from .base import Algorithm, ParameterGroups
+from .config import HyperparameterError, OptimizerConfig, check_choice
 from .diffusion_blocks_network import Denoiser, ResidualMLP, edm_coefficients
 
 P_MEAN, P_STD = -1.2, 1.2

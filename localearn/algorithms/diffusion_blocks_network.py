@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import models
-from .base import sinusoidal_features
+from .units import sinusoidal_features
 
 SIGMA_DATA = 0.5
 NOISE_FEATURES = 64

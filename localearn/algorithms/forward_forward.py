@@ -51,7 +51,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Algorithm, OptimizerConfig, ParameterGroups, check_choice, check_positive, units_of
+from .base import Algorithm, ParameterGroups
+from .config import OptimizerConfig, check_choice, check_positive
+from .units import units_of
 
 
 @dataclasses.dataclass

@@ -58,17 +58,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, jvp, vmap
 
-from .base import (
-    Algorithm,
-    HyperparameterError,
-    OptimizerConfig,
-    ParameterGroups,
-    check_choice,
-    last_unit_loss,
-    linear_readout,
-    unit_output_shapes,
-    units_of,
-)
+from .base import Algorithm, ParameterGroups
+from .config import HyperparameterError, OptimizerConfig, check_choice
+from .units import last_unit_loss, linear_readout, unit_output_shapes, units_of
 
 VARIANTS = ("weight", "local_activity")
 

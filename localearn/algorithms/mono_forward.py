@@ -35,17 +35,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import (
-    Algorithm,
-    OptimizerConfig,
-    ParameterGroups,
-    check_choice,
-    forward_detached,
-    last_unit_loss,
-    linear_readout,
-    unit_output_shapes,
-    units_of,
-)
+from .base import Algorithm, ParameterGroups
+from .config import OptimizerConfig, check_choice
+from .units import forward_detached, last_unit_loss, linear_readout, unit_output_shapes, units_of
 
 
 @dataclasses.dataclass

@@ -39,14 +39,8 @@ from torch import nn
 
 from .. import models
 from ..splits import DataSplit
-from .base import (
-    Algorithm,
-    HyperparameterError,
-    OptimizerConfig,
-    ParameterGroups,
-    check_choice,
-    check_positive,
-)
+from .base import Algorithm, ParameterGroups
+from .config import HyperparameterError, OptimizerConfig, check_choice, check_positive
 from .noprop_network import EMBEDDINGS, VARIANTS, Dropout, NoPropNetwork, block_factory, time_features
 
 ORDERS = ("sequential", "random")

@@ -21,7 +21,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from .. import models
-from .base import check_choice, sinusoidal_features
+from .config import check_choice
+from .units import sinusoidal_features
 
 VARIANTS = ("dt", "ct", "fm")
 EMBEDDINGS = ("onehot", "learned", "prototype")

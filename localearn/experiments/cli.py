@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from ..algorithms import ALGORITHMS, HyperparameterError
-from ..algorithms.base import OptimizerConfig
+from ..algorithms.config import OptimizerConfig
 from ..data import DATASETS, DataError
 from ..parallel import ParallelError
 from ..rundir import check_writable
