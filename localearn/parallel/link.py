@@ -1,0 +1,103 @@
+"""Messages between consecutive stages over torch.distributed point-to-point sends: one message per batch,
+its receive posted before it is sent, backpressure, and a timeout on every wait."""
+
+from __future__ import annotations
+
+import datetime
+import math
+import time
+from collections import deque
+
+import torch
+import torch.distributed as dist
+
+from .layout import ParallelError, timeout_seconds
+
+BATCH, SYNC, LOAD, STOP, RESIZE = 1, 2, 3, 4, 5
+HEADER = 12  # kind, lr fraction, dtype, ndim, up to 6 sizes, labels
+DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
+
+
+class Link:
+    """One stage's ends of the line: receive from the stage below, send to the stage above."""
+
+    def __init__(self, rank: int, world_size: int, device: torch.device, in_flight: int) -> None:
+        self.rank, self.world_size, self.in_flight = rank, world_size, in_flight
+        self.wire = device if dist.get_backend() == "nccl" else torch.device("cpu")
+        self.open_sends: deque[dist.Work] = deque()
+        # Bytes of every message each way (a middle stage has both); RESIZE grows them to the largest batch.
+        self.capacity_in = self.capacity_out = HEADER * 8
+        self.sources: set[int] = set()  # every rank a message came from: only ever rank - 1
+        self.waiting = 0.0  # seconds blocked on the stage below (receive) or above (backpressure)
+        self.next_message: tuple[torch.Tensor, dist.Work] | None = None  # a receive already posted
+
+    def send(
+        self, kind: int, a: torch.Tensor | None = None, y: torch.Tensor | None = None, lr: float = 0.0
+    ) -> None:
+        """One message: a header (kind, learning-rate fraction, the activation's dtype and shape, the batch
+        size), then for a batch the activation's and the labels' bytes, padded to the link's capacity, so
+        that the next stage can post its receive before the message exists (see recv)."""
+        header = torch.zeros(HEADER, dtype=torch.float64)
+        header[0], header[1] = kind, lr
+        payload = [header.view(torch.uint8)]
+        if a is not None and y is not None:
+            header[2], header[3], header[10] = DTYPES.index(a.dtype), a.dim(), len(y)
+            header[4 : 4 + a.dim()] = torch.tensor(a.shape, dtype=torch.float64)
+            payload += [a.detach().contiguous().view(-1).view(torch.uint8).to(self.wire), y.view(torch.uint8)]
+        size = sum(len(p) for p in payload)
+        if size > self.capacity_out:  # tell the next stage first, in a message of the size it expects
+            self.send(RESIZE, lr=size)  # (the new size where a batch has its learning-rate fraction)
+            self.capacity_out = size
+        message = torch.zeros(self.capacity_out, dtype=torch.uint8, device=self.wire)
+        torch.cat([p.to(self.wire) for p in payload], out=message[:size])
+        self.open_sends.append(dist.isend(message, self.rank + 1))
+        start = time.perf_counter()
+        while len(self.open_sends) > self.in_flight:  # backpressure: wait until the next stage takes one
+            self._wait(self.open_sends.popleft(), f"stage {self.rank + 2} to take a message")
+        self.waiting += time.perf_counter() - start
+
+    def flush(self) -> None:
+        while self.open_sends:
+            self._wait(self.open_sends.popleft(), f"stage {self.rank + 2} to take a message")
+
+    def recv(self) -> tuple[int, torch.Tensor | None, torch.Tensor | None, float]:
+        """The next message from the stage below. Its receive was posted as soon as the one before had
+        arrived: the transfer overlaps this stage's step instead of following it."""
+        start = time.perf_counter()
+        try:
+            while True:
+                message, work = self.next_message or self._post()
+                self.next_message = None
+                self._wait(work, f"stage {self.rank} to send")
+                source = work._source_rank() if self.wire.type == "cpu" else self.rank - 1
+                self.sources.add(source)
+                assert source == self.rank - 1, f"stage {self.rank + 1} got a message from stage {source + 1}"
+                header = message[: HEADER * 8].cpu().view(torch.float64)
+                kind, lr = int(header[0]), float(header[1])
+                if kind == RESIZE:
+                    self.capacity_in = int(lr)
+                if kind != STOP:
+                    self.next_message = self._post()
+                if kind != RESIZE:
+                    break
+        finally:
+            self.waiting += time.perf_counter() - start
+        if kind != BATCH:
+            return kind, None, None, lr
+        shape = [int(s) for s in header[4 : 4 + int(header[3])]]
+        dtype, labels = DTYPES[int(header[2])], int(header[10])
+        start, end = HEADER * 8, HEADER * 8 + math.prod(shape) * dtype.itemsize
+        a = message[start:end].view(dtype).view(shape)
+        return kind, a, message[end : end + labels * 8].view(torch.long), lr
+
+    def _post(self) -> tuple[torch.Tensor, dist.Work]:
+        message = torch.empty(self.capacity_in, dtype=torch.uint8, device=self.wire)
+        if self.wire.type == "cpu":  # gloo: from any rank, so that the assertion in recv can fail
+            return message, dist.irecv(message)
+        return message, dist.irecv(message, self.rank - 1)  # NCCL has no receive from any rank
+
+    @staticmethod
+    def _wait(work: dist.Work, what: str) -> None:
+        seconds = timeout_seconds()
+        if not work.wait(datetime.timedelta(seconds=seconds)):
+            raise ParallelError(f"waited {seconds:.0f} s for {what} ($LOCALEARN_PARALLEL_TIMEOUT)")
