@@ -78,8 +78,8 @@ class RunSpec:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RunSpec:
         fields = {f.name for f in dataclasses.fields(cls)}
-        # Specs written before these were recorded:
-        d = {"command": "", "recipe": "", "parallel": "", "world_size": 0, "devices": "", "in_flight": 2, **d}
+        # Specs written before a field with a default was recorded take its default.
+        d = {f.name: f.default for f in dataclasses.fields(cls) if f.default is not dataclasses.MISSING} | d
         if set(d) != fields:
             raise ValueError(
                 f"not a run spec: missing {sorted(fields - set(d))}, unexpected {sorted(set(d) - fields)}"

@@ -21,8 +21,8 @@ DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 class Link:
     """One stage's ends of the line: receive from the stage below, send to the stage above."""
 
-    def __init__(self, rank: int, world_size: int, device: torch.device, in_flight: int) -> None:
-        self.rank, self.world_size, self.in_flight = rank, world_size, in_flight
+    def __init__(self, rank: int, device: torch.device, in_flight: int) -> None:
+        self.rank, self.in_flight = rank, in_flight
         self.wire = device if dist.get_backend() == "nccl" else torch.device("cpu")
         self.open_sends: deque[dist.Work] = deque()
         # Bytes of every message each way (a middle stage has both); RESIZE grows them to the largest batch.

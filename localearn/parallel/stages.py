@@ -12,7 +12,6 @@ import torch.distributed as dist
 from ..algorithms.base import Algorithm
 from ..callbacks import Callback
 from ..energy.memory import lifetime_peak
-from ..splits import DataSplit
 from ..trainer import Result, Trainer, on_cpu
 from .layout import Layout
 from .link import BATCH, LOAD, STOP, SYNC, Link
@@ -25,7 +24,7 @@ class Stage:
         self.algo, self.layout, self.rank, self.step_delay = algo, layout, rank, step_delay
         self.units = layout.units(rank)
         self.last = rank == layout.world_size - 1
-        self.link = Link(rank, layout.world_size, algo.device, layout.in_flight)
+        self.link = Link(rank, algo.device, layout.in_flight)
         owned = [algo.pipeline_units()[i] for i in self.units]
         self.owned_params = {id(p) for unit in owned for p in unit.parameters()}
         self.sums: dict[str, torch.Tensor] = {}
@@ -107,25 +106,23 @@ class PipelineHead:
         self.own = Stage(algo, layout, 0, step_delay)  # not .stage: that is the rule's
         self.lr_fraction = 0.0
         self.dirty = False  # stages above hold steps stage 1 has not collected
-        self.pending_state: dict[str, Any] | None = on_cpu(algo.state_dict())  # to broadcast
+        # The other stages get stage 1's whole state before the next batch: at the start (after the rule's
+        # prepare), and after every load (resume, the best state restored).
+        self.broadcast_due = True
         self.reports: list[dict[str, Any]] = []  # each stage's last handover (without its tensors)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.algo, name)
 
-    def prepare(self, train: DataSplit) -> None:
-        self.algo.prepare(train)
-        self.pending_state = on_cpu(self.algo.state_dict())
-
     def set_progress(self, fraction: float) -> None:
         self.lr_fraction = fraction
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
-        if self.pending_state is not None:
+        if self.broadcast_due:
             self.own.link.send(LOAD)
             self.own.link.flush()
-            dist.broadcast_object_list([self.pending_state], src=0)
-            self.pending_state = None
+            dist.broadcast_object_list([on_cpu(self.algo.state_dict())], src=0)
+            self.broadcast_due = False
         self.dirty = True
         return self.own.step(self.algo.pipeline_input(x, y), y, self.lr_fraction)
 
@@ -172,7 +169,7 @@ class PipelineHead:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.sync()
         self.algo.load_state_dict(state)
-        self.pending_state = on_cpu(state)
+        self.broadcast_due = True
 
     def stop(self) -> None:
         self.own.link.send(STOP)
