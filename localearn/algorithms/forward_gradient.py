@@ -179,6 +179,7 @@ class ForwardGradient(Algorithm):
                 "Use LayerNorm or GroupNorm."
             )
         self.readouts = nn.ModuleList()
+        self.unit_generators: list[torch.Generator] = []  # local_activity's, one per unit
         if self.config.variant == "local_activity":
             units = units_of(net, self.name)
             shapes = unit_output_shapes(units, self.input_shape, num_classes, self.name)
@@ -364,12 +365,12 @@ class ForwardGradient(Algorithm):
         return last_unit_loss(stats)  # the last unit's head is the network's, which predicts
 
     def extra_state(self) -> dict[str, Any]:
-        return {"unit_generators": [g.get_state() for g in getattr(self, "unit_generators", [])]}
+        return {"unit_generators": [g.get_state() for g in self.unit_generators]}
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         # Checkpoints written before the per-unit generators existed have none: theirs start afresh.
         saved = state.get("unit_generators", [])
-        for generator, generator_state in zip(getattr(self, "unit_generators", []), saved, strict=False):
+        for generator, generator_state in zip(self.unit_generators, saved, strict=False):
             generator.set_state(generator_state)
 
     @torch.no_grad()
