@@ -4,7 +4,9 @@
 #   mnist:   the tests that need a GPU; the NVML counter beside NVML power sampling (idle power first,
 #            average power against the limit); throughput and step memory of every rule
 #            (benchmarks/throughput.py); Mono-Forward against backprop on MNIST (2x1000) to convergence,
-#            two seeds each, through `compare`.
+#            two seeds each, through `compare`; then (issue 18) layer-parallel Mono-Forward on the one GPU:
+#            one process, the wavefront on CUDA streams, and two stage processes sharing the GPU
+#            (benchmarks/parallel.sh, 3 epochs, 2 repeats).
 #   cifar10: Mono-Forward against backprop on the 3x2000 MLP with crop+flip, to convergence, two seeds each.
 #
 # Prepare here (once per dataset; each call carries one dataset, the wheels fit beside MNIST only):
@@ -51,7 +53,8 @@ section() { echo; echo "== $1 (at ${SECONDS} s)"; }
 
 if [[ $which == mnist ]]; then
   section "tests that need a GPU: no rule's step waits for the device; the best state waits on the CPU"
-  $py -m pytest -q -p no:cacheprovider tests/test_host_sync.py tests/test_trainer.py -k "on_a_gpu or cuda" \
+  $py -m pytest -q -p no:cacheprovider tests/test_host_sync.py tests/test_trainer.py tests/test_parallel.py \
+    -k "on_a_gpu or cuda" \
     || echo "GPU tests FAILED (the measurements go on)"
   if [[ $device == cuda ]]; then
     section "NVML counter against power sampling, 5 epochs per rule"
@@ -65,4 +68,10 @@ $py -m localearn.experiments compare "$which" --algos mono_forward,backprop --se
   --out "$work" --no-progress "${run_flags[@]}"
 cp "$work/compare-$which/report/report.md" "$out/report-$which.md"
 tar -C "$work" -czf "$out/runs-$which.tar.gz" --exclude=checkpoint.pt --exclude='*.png' "compare-$which"
+if [[ $which == mnist ]]; then
+  section "layer-parallel Mono-Forward on one $device: one process, wavefront, two stage processes"
+  if [[ $device == cuda ]]; then par=(EPOCHS=3 REPEATS=2); else par=(EPOCHS=1 REPEATS=1); fi
+  env "${par[@]}" DEVICE=$device RUNS="one-thread wavefront two-stages" OUT="$work/parallel" PYTHON=$py \
+    bash benchmarks/parallel.sh || echo "parallel benchmark FAILED"
+fi
 section "done"

@@ -1,6 +1,7 @@
 """Layer-parallel runs (localearn.parallel): the same parameters as one process, no backward locking,
 refusals, and a killed stage (error, then resume) through the command line."""
 
+import dataclasses
 import json
 import os
 import signal
@@ -98,6 +99,81 @@ def test_the_parallel_run_computes_what_one_process_computes(algo, hp, stages, s
     assert [s["units"] for s in config["parallel"]["stages"]] == [s["units"] for s in layout["stages"]]
 
 
+@pytest.mark.parametrize(
+    "algo, hp, stages",
+    [
+        ("mono_forward", {}, None),
+        ("forward_forward", {}, 2),
+        ("forward_gradient", {**LOCAL_FG, "num_tangents": 2, "groups": 4}, None),
+    ],
+)
+def test_the_wavefront_computes_what_one_process_computes(algo, hp, stages, splits, tmp_path):
+    """The one-device schedule (stage r on batch t-r at tick t), 50 steps: every tensor of the state equal,
+    bit for bit, to the one-process run's; every stage took every batch of the epoch (the pipe drained)."""
+    factory = AlgorithmFactory(algo, "mlp:16,16,16", 4, (20,), 0, {"lr": 1e-2, **hp})
+    options = dict(epochs=2, batch_size=16, patience=None, progress=False)
+    alone = Trainer(factory("cpu"), *splits, run_dir=tmp_path / "one", **options).fit()
+    wave = parallel.fit(
+        factory, *splits, mode="wavefront", world_size=stages, run_dir=tmp_path / "w", **options
+    )
+    one = tensors(torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=False)["algo"])
+    many = tensors(torch.load(tmp_path / "w" / "checkpoint.pt", weights_only=False)["algo"])
+    assert one.keys() == many.keys() and len(one) > 10
+    unequal = [k for k in one if not torch.equal(one[k], many[k])]
+    assert not unequal, unequal
+    assert wave.test_accuracy == alone.test_accuracy and wave.best_val_accuracy == alone.best_val_accuracy
+    layout = wave.extra["parallel"]
+    assert layout["mode"] == "wavefront" and layout["world_size"] == (stages or 3)
+    assert [s["steps_last_epoch"] for s in layout["stages"]] == [25] * layout["world_size"]
+    assert json.loads((tmp_path / "w" / "config.json").read_text())["parallel"]["mode"] == "wavefront"
+
+
+def test_the_wavefront_trains_stage_r_on_batch_t_minus_r():
+    """Which stage trains on which batch, in order: at tick t stage r takes batch t-r, the output stage r-1
+    made from it at tick t-1; after the last batch the pipe drains. Labels name the batches."""
+    algo = build("mono_forward", hidden=(8, 8, 8))  # three units, each with its projection
+    head = parallel.Wavefront(algo, parallel.plan(algo, mode="wavefront"))
+    calls, train_units = [], algo.train_units
+
+    def spy(a, y, units):
+        calls.append((units.start, int(y[0])))
+        return train_units(a, y, units)
+
+    algo.train_units = spy
+    batches = 4
+    for t in range(batches):
+        head.train_step(torch.randn(2, 20), torch.full((2,), t))
+    head.drain()
+    ticks = range(batches + 2)
+    assert calls == [(r, t - r) for t in ticks for r in range(3) if 0 <= t - r < batches]
+
+
+def test_the_wavefront_runs_from_the_command_line_as_one_process_does(one_process_run, tmp_path, capsys):
+    common, alone = one_process_run
+    args = [*common, "--parallel", "wavefront", "--out", str(tmp_path / "w")]
+    done = run_cli(args, tmp_path / "cache")
+    assert done.returncode == 0, done.stderr
+    assert final_figures(tmp_path / "w" / "run") == final_figures(alone)
+    assert main([*common, "--parallel", "wavefront", "--devices", "cpu,cpu"]) == 2
+    assert "--parallel wavefront runs on one device" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_the_wavefront_on_cuda_streams_computes_what_one_process_computes(splits, tmp_path):
+    """On a GPU each stage's step runs on a stream of its own; the fences keep the same numbers (to the
+    rounding of kernels that may pick other algorithms on other streams)."""
+    factory = AlgorithmFactory("mono_forward", "mlp:64,64,64", 4, (20,), 0, {"lr": 1e-2})
+    options = dict(epochs=2, batch_size=16, patience=None, progress=False)
+    cuda = [dataclasses.replace(s, x=s.x.cuda(), y=s.y.cuda()) for s in splits]
+    Trainer(factory("cuda"), *cuda, run_dir=tmp_path / "one", **options).fit()
+    wave = parallel.fit(factory, *cuda, mode="wavefront", run_dir=tmp_path / "w", **options)
+    assert wave.extra["parallel"]["streams"]
+    one = tensors(torch.load(tmp_path / "one" / "checkpoint.pt", weights_only=False)["algo"])
+    many = tensors(torch.load(tmp_path / "w" / "checkpoint.pt", weights_only=False)["algo"])
+    for k in one:
+        torch.testing.assert_close(many[k], one[k], rtol=1e-4, atol=1e-5, msg=k)
+
+
 @pytest.mark.parametrize("in_flight, ahead", [(16, True), (2, False)])
 def test_a_slow_last_stage_does_not_hold_back_the_first(in_flight, ahead, splits):
     """The last stage sleeps 0.5 s per step. Without backward locking the first stage runs ahead as far as
@@ -129,10 +205,13 @@ def test_every_rule_runs_layer_parallel_or_says_why_not(name):
             and layout.stages[0][0] == 0
             and layout.stages[-1][1] == len(algo.pipeline_units())
         )
+        wavefront = parallel.plan(algo, mode="wavefront")  # one stage per unit
+        assert wavefront.stages == tuple((i, i + 1) for i in range(len(algo.pipeline_units())))
         return
-    with pytest.raises(ValueError, match="cannot train layer-parallel") as error:
-        parallel.plan(algo, 2)
-    assert why in str(error.value)
+    for mode in parallel.MODES:
+        with pytest.raises(ValueError, match="cannot train layer-parallel") as error:
+            parallel.plan(algo, 2, mode=mode)
+        assert why in str(error.value)
 
 
 @pytest.mark.parametrize(

@@ -35,16 +35,17 @@ LR_SCHEDULES = ("constant", "cosine", "linear_cooldown")
 def make_optimizer(
     name: str, params: Iterable[nn.Parameter], lr: float, weight_decay: float = 0.0, momentum: float = 0.9
 ) -> torch.optim.Optimizer:
-    """The optimizers every rule may choose from, built the same way for all of them: ``foreach``, so that a
-    step updates all of its tensors in a few kernels (on a GPU, launches, not arithmetic, bound a small
-    unit's step; torch picks foreach by itself only when every tensor is on a GPU)."""
+    """The optimizers every rule may choose from, built the same way for all of them: ``fused``, so that a
+    step updates each tensor in one pass of one kernel. On a GPU, launches, not arithmetic, bound a small
+    unit's step; on a CPU the step is bound by memory, and foreach's several passes over the weights and
+    moments cost a 2x1000 MLP's Adam step about three times fused's (benchmarks/RESULTS.md, issue 18)."""
     check_choice("optimizer", name, OPTIMIZERS)
     params = list(params)
     if name == "adam":
-        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, foreach=True)
+        return torch.optim.Adam(params, lr=lr, weight_decay=weight_decay, fused=True)
     if name == "adamw":
-        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, foreach=True)
-    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, foreach=True)
+        return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, fused=True)
+    return torch.optim.SGD(params, lr=lr, momentum=momentum, weight_decay=weight_decay, fused=True)
 
 
 @dataclasses.dataclass

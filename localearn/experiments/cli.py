@@ -24,6 +24,7 @@ from typing import Any
 from ..algorithms import ALGORITHMS, HyperparameterError
 from ..algorithms.config import OptimizerConfig
 from ..data import DATASETS, DataError
+from ..parallel import MODES as PARALLEL_MODES
 from ..parallel import ParallelError
 from ..rundir import check_writable
 from ..trainer import MONITORS, DivergenceError
@@ -158,11 +159,18 @@ def _add_run_options(p: argparse.ArgumentParser, command: str) -> None:
         add(
             "--parallel",
             default=s,
-            choices=["units"],
+            choices=list(PARALLEL_MODES),
             help="units: the rule's units in separate processes, each stage training on what the one "
-            "below sends (bottom-up rules: mono_forward, forward_forward, forward_gradient local_activity)",
+            "below sends (bottom-up rules: mono_forward, forward_forward, forward_gradient local_activity); "
+            "wavefront: the same in one process on --device, stage k on batch t-k, a CUDA stream each",
         )
-        add("--world-size", type=int, default=s, metavar="K", help="--parallel: the number of stages")
+        add(
+            "--world-size",
+            type=int,
+            default=s,
+            metavar="K",
+            help="--parallel: the number of stages (wavefront: default one per unit)",
+        )
         add("--devices", default=s, help="--parallel: one device per stage, e.g. cuda:0,cuda:1")
         add("--in-flight", type=int, default=s, help="--parallel: batches that may wait between stages (2)")
 

@@ -30,6 +30,7 @@ from typing import Any
 from .. import models
 from ..algorithms import HyperparameterError, check_hyperparameters, get_algorithm, hyperparameter_fields
 from ..data import resolve_device
+from ..parallel.layout import MODES as PARALLEL_MODES
 from ..trainer import MONITORS
 from . import presets
 
@@ -67,8 +68,9 @@ class RunSpec:
     sources: dict[str, str]  # which layer set each hyperparameter and run setting
     command: str = ""  # the command line that asked for the run, as it can be typed again
     recipe: str = ""  # a paper's comparison settings (presets.RECIPES); "": the presets alone
-    parallel: str = ""  # "units": the rule's units in separate processes (localearn.parallel); "": one
-    world_size: int = 0  # processes of a parallel run (0: one per device of ``devices``)
+    parallel: str = ""  # "units": the rule's units in separate processes (localearn.parallel); "wavefront":
+    # in one process on one device, a CUDA stream per stage; "": the one-process schedule
+    world_size: int = 0  # stages of a parallel run (0: one per device of ``devices``; wavefront: per unit)
     devices: str = ""  # a parallel run's stage devices, comma-separated ("": every stage on ``device``)
     in_flight: int = 2  # batches that may wait between two stages
 
@@ -152,11 +154,19 @@ class RunSpec:
         return self
 
     def _check_parallel(self) -> None:
-        if self.parallel not in ("", "units"):
-            raise ValueError(f"--parallel {self.parallel!r} is not valid; choose one of: units")
+        if self.parallel not in ("", *PARALLEL_MODES):
+            raise ValueError(
+                f"--parallel {self.parallel!r} is not valid; choose one of: {', '.join(PARALLEL_MODES)}"
+            )
         if not self.parallel:
             if self.world_size or self.devices:
-                raise ValueError("--world-size and --devices need --parallel units")
+                raise ValueError("--world-size and --devices need --parallel units (or wavefront)")
+            return
+        if self.parallel == "wavefront":
+            if self.devices:
+                raise ValueError("--parallel wavefront runs on one device: --device names it, not --devices")
+            if self.world_size == 1 or self.world_size < 0:
+                raise ValueError(f"--world-size {self.world_size}: the wavefront needs 2 stages or more")
             return
         devices = [d for d in self.devices.split(",") if d]
         for device in devices:

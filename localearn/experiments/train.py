@@ -114,6 +114,7 @@ def run(spec: RunSpec) -> tuple[Result, Path]:
                 train,
                 val,
                 test,
+                mode=spec.parallel,
                 world_size=spec.world_size or None,
                 devices=[str(resolve_device(d)) for d in devices],
                 in_flight=spec.in_flight,

@@ -22,6 +22,9 @@ a later stage sends to an earlier one, and no update reads it. A state loaded in
 on resume, when the best state is restored) reaches the others by broadcast before the next batch. Every
 wait has a timeout ($LOCALEARN_PARALLEL_TIMEOUT, 600 s); a stage that dies takes the others down, and the
 error names it.
+
+``mode="wavefront"`` (wavefront.py) is the same schedule in one process on one device: stage r trains on
+batch t-r at tick t, each stage on a CUDA stream of its own, for a single GPU.
 """
 
 from __future__ import annotations
@@ -44,12 +47,13 @@ from ..algorithms.base import Algorithm
 from ..callbacks import Callback
 from ..splits import DataSplit
 from ..trainer import Result, Trainer
-from .layout import Layout, ParallelError, backend, balanced_split, plan, timeout_seconds
+from .layout import MODES, Layout, ParallelError, backend, balanced_split, plan, timeout_seconds
 from .stages import LayoutReport, PipelineHead, Stage, serve
+from .wavefront import Wavefront, WavefrontReport
 
 log = logging.getLogger(__name__)
 
-__all__ = ["Layout", "ParallelError", "balanced_split", "fit", "plan"]
+__all__ = ["MODES", "Layout", "ParallelError", "Wavefront", "balanced_split", "fit", "plan"]
 
 
 def _free_port() -> int:
@@ -103,6 +107,7 @@ def fit(
     val: DataSplit,
     test: DataSplit,
     *,
+    mode: str = "units",
     world_size: int | None = None,
     devices: Sequence[str] = (),
     in_flight: int = 2,
@@ -120,11 +125,18 @@ def fit(
     ``threads_per_stage``: torch's threads in each process (default: $OMP_NUM_THREADS, else the cores
     shared out). ``step_delays``: {stage index from 0: seconds each of its steps sleeps}, to show what a
     slow stage does to the others.
+    ``mode="wavefront"``: one process on the splits' device, ``world_size`` stages (default one per unit)
+    on CUDA streams of their own (wavefront.py); ``devices``, ``in_flight``, ``threads_per_stage`` and
+    ``step_delays`` do not apply.
     """
     algo = factory(devices[0] if devices else str(train.device))
-    layout = plan(algo, world_size, devices, in_flight)
+    layout = plan(algo, world_size, devices, in_flight, mode)
     run_info = trainer_options.pop("run_info", None) or {}
     trainer_options["run_info"] = {**run_info, "parallel": layout.to_dict()}  # config.json: the layout
+    if mode == "wavefront":
+        head = Wavefront(algo, layout)
+        callbacks = [*callbacks, WavefrontReport(head)]
+        return Trainer(head, train, val, test, callbacks=callbacks, **trainer_options).fit()  # type: ignore[arg-type]
     threads = threads_per_stage or int(
         os.environ.get("OMP_NUM_THREADS") or max(1, (os.cpu_count() or 1) // layout.world_size)
     )

@@ -13,6 +13,8 @@ import torch
 
 from ..algorithms.base import Algorithm
 
+MODES = ("units", "wavefront")
+
 
 class ParallelError(RuntimeError):
     """A stage died, refused, or did not answer within the timeout."""
@@ -24,11 +26,13 @@ def timeout_seconds() -> float:
 
 @dataclasses.dataclass(frozen=True)
 class Layout:
-    """Which units each stage trains ([start, stop) into the rule's pipeline_units) and where it runs."""
+    """Which units each stage trains ([start, stop) into the rule's pipeline_units) and where it runs:
+    ``units``, a process per stage; ``wavefront``, a CUDA stream per stage in one process (wavefront.py)."""
 
     stages: tuple[tuple[int, int], ...]
     devices: tuple[str, ...]
     in_flight: int
+    mode: str = "units"
 
     @property
     def world_size(self) -> int:
@@ -38,13 +42,17 @@ class Layout:
         return range(*self.stages[rank])
 
     def to_dict(self) -> dict[str, Any]:
+        stages = [
+            {"units": [f"unit{i + 1}" for i in self.units(r)], "device": d}
+            for r, d in enumerate(self.devices)
+        ]
+        if self.mode == "wavefront":  # one batch between two stages, always; streams only on a GPU
+            return {"mode": self.mode, "world_size": self.world_size, "stages": stages,
+                    "streams": torch.device(self.devices[0]).type == "cuda"}  # fmt: skip
         return {
-            "mode": "units",
+            "mode": self.mode,
             "world_size": self.world_size,
-            "stages": [
-                {"units": [f"unit{i + 1}" for i in self.units(r)], "device": d}
-                for r, d in enumerate(self.devices)
-            ],
+            "stages": stages,
             "in_flight": self.in_flight,
             "backend": backend(self.devices),
         }
@@ -66,15 +74,26 @@ def balanced_split(costs: Sequence[int], stages: int) -> list[tuple[int, int]]:
 
 
 def plan(
-    algo: Algorithm, world_size: int | None = None, devices: Sequence[str] = (), in_flight: int = 2
+    algo: Algorithm,
+    world_size: int | None = None,
+    devices: Sequence[str] = (),
+    in_flight: int = 2,
+    mode: str = "units",
 ) -> Layout:
     """The layout of ``algo``'s units over ``world_size`` stages (or one per device), balanced by parameter
-    count (a dense unit's step costs about that, times the batch). Refuses what cannot run so, saying why."""
+    count (a dense unit's step costs about that, times the batch). Refuses what cannot run so, saying why.
+    ``mode="wavefront"``: every stage on algo's device, one per unit unless ``world_size`` says."""
+    if mode not in MODES:
+        raise ValueError(f"mode={mode!r} is not valid; choose one of: {', '.join(MODES)}")
     why = algo.parallel_refusal()
     if why is not None:
         raise ValueError(f"{algo.name} cannot train layer-parallel: {why}")
     if algo.num_stages > 1 or algo.passes_per_epoch > 1:
         raise ValueError(f"{algo.name} trains its parts one after another; nothing to run side by side")
+    if mode == "wavefront":
+        if devices:
+            raise ValueError(f"the wavefront schedule runs on one device, the rule's: got devices={devices}")
+        world_size = world_size or len(algo.pipeline_units())
     if devices and world_size not in (None, len(devices)):
         raise ValueError(f"world_size={world_size} but {len(devices)} devices: give one or match them")
     world_size = len(devices) if devices else world_size
@@ -88,7 +107,7 @@ def plan(
         raise ValueError(f"in_flight={in_flight!r} must be >= 1")
     costs = [sum(p.numel() for p in unit.parameters()) for unit in units]
     devices = tuple(devices) or (str(algo.device),) * world_size
-    return Layout(tuple(balanced_split(costs, world_size)), devices, in_flight)
+    return Layout(tuple(balanced_split(costs, world_size)), devices, in_flight, mode)
 
 
 def backend(devices: Sequence[str]) -> str:
