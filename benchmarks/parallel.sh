@@ -50,7 +50,7 @@ def measure(name):
     training = sum(r["seconds"] - r["val_seconds"] for r in records)
     per_epoch = json.loads((run / "config.json").read_text())["data"]["train"]
     result = json.loads((run / "result.json").read_text())
-    rates = (per_epoch * len(seconds) / sum(seconds), per_epoch / statistics.median(seconds[1:]),
+    rates = (per_epoch * len(seconds) / sum(seconds), per_epoch / statistics.median(seconds[1:] or seconds),
              per_epoch * len(seconds) / training)
     return rates, result
 
