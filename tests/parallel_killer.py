@@ -1,6 +1,7 @@
 """A test plugin ($LOCALEARN_PLUGINS), loaded in every process of a layer-parallel run: stage $KILL_STAGE
-(1: the process that started the run) kills itself with SIGKILL on its $KILL_AT-th step, and every stage
-writes its pid to $PIDS_DIR/stageN.pid on its first step."""
+(1: the process that started the run; 0: a run without stage processes, such as the wavefront) kills
+itself with SIGKILL on its $KILL_AT-th call of train_units, and every stage writes its pid to
+$PIDS_DIR/stageN.pid on its first step."""
 
 import os
 import signal

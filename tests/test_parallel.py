@@ -313,3 +313,17 @@ def test_a_killed_stage_stops_the_run_with_its_name_and_resume_finishes_it(stage
     resumed = run_cli([*args, "--resume"], tmp_path / "cache")
     assert resumed.returncode == 0, resumed.stderr
     assert final_figures(run) == final_figures(alone)
+
+
+def test_a_killed_wavefront_run_resumes_to_the_one_process_figures(one_process_run, tmp_path):
+    """SIGKILL in epoch 3 of a --parallel wavefront run (two stages, 7 batches: 14 unit steps an epoch), then
+    --resume: the one-process run's figures, epoch by epoch."""
+    common, alone = one_process_run
+    args = [*common, "--parallel", "wavefront", "--out", str(tmp_path / "w")]
+    done, _ = killed_run(args, 0, 34, tmp_path)  # stage 0: the plugin's name for a run without processes
+    assert done.returncode == -signal.SIGKILL, done.stderr
+    run = tmp_path / "w" / "run"
+    assert [json.loads(line)["epoch"] for line in (run / "metrics.jsonl").read_text().splitlines()] == [1, 2]
+    resumed = run_cli([*args, "--resume"], tmp_path / "cache")
+    assert resumed.returncode == 0, resumed.stderr
+    assert final_figures(run) == final_figures(alone)
