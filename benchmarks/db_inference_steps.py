@@ -1,0 +1,51 @@
+"""DiffusionBlocks: one trained run's best state, evaluated on other inference grids (issue 14).
+
+Training does not depend on ``inference_steps`` (only ``predict`` reads the grid), so a run's checkpoint
+can be read again with any number of grid points: the run's own setting (0: B points, as the reference
+code) reproduces its recorded accuracy, and the others say whether a finer or coarser Euler path would have
+done better. The evaluation noise is the run's (the rule's evaluation generator, restarted per split).
+
+    python benchmarks/db_inference_steps.py RUN_DIR [--steps 2,3,4,8,16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import torch
+
+from localearn.experiments.spec import RunSpec
+from localearn.experiments.train import build_algorithm, load_splits
+from localearn.trainer import Trainer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path)
+    parser.add_argument("--steps", default="2,3,4,8,16", help="comma-separated points of the grid (>= 2)")
+    parser.add_argument("--data-dir", default=None, help="where the dataset is ($LOCALEARN_DATA otherwise)")
+    args = parser.parse_args()
+    config = json.loads((args.run_dir / "config.json").read_text())
+    if config["algorithm"] != "diffusion_blocks":
+        parser.error(f"{args.run_dir} is a {config['algorithm']} run, not diffusion_blocks")
+    spec = RunSpec.from_dict({**config["spec"], **config["invocation"]})
+    if args.data_dir:
+        spec = spec.replace(data_dir=args.data_dir)
+    device = torch.device("cpu")
+    train, val, test = load_splits(spec, device)
+    best = torch.load(args.run_dir / "checkpoint.pt", weights_only=False, map_location=device)["best_state"]
+    print(f"{args.run_dir.name}: {spec.model}, blocks={spec.hyperparameters['blocks']}, best state")
+    print("| inference_steps | val accuracy | test accuracy |")
+    print("|---|---|---|")
+    for steps in (int(s) for s in args.steps.split(",")):
+        algo = build_algorithm(spec, train, device, inference_steps=steps)
+        algo.load_state_dict(best)
+        trainer = Trainer(algo, train, val, test, epochs=1, progress=False)
+        (val_accuracy, _), (test_accuracy, _) = trainer.evaluate(val), trainer.evaluate(test)
+        print(f"| {steps} | {val_accuracy:.4f} | {test_accuracy:.4f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
