@@ -143,7 +143,7 @@ def test_the_wavefront_trains_stage_r_on_batch_t_minus_r():
     batches = 4
     for t in range(batches):
         head.train_step(torch.randn(2, 20), torch.full((2,), t))
-    head.drain()
+    head.settle()
     ticks = range(batches + 2)
     assert calls == [(r, t - r) for t in ticks for r in range(3) if 0 <= t - r < batches]
 

@@ -15,6 +15,7 @@ from ..energy.memory import lifetime_peak
 from ..trainer import Result, Trainer, on_cpu
 from .layout import Layout
 from .link import BATCH, LOAD, STOP, SYNC, Link
+from .standin import RuleStandIn
 
 
 class Stage:
@@ -97,25 +98,18 @@ def serve(stage: Stage) -> None:
 
 
 # -- stage 1: the Trainer's stand-in for the rule ----------------------------------------------------------
-class PipelineHead:
-    """What the Trainer trains in stage 1: the rule itself (every attribute it does not override is the
-    rule's), whose train_step trains stage 1's units and sends their output up the line."""
+class PipelineHead(RuleStandIn):
+    """What the Trainer trains in stage 1: the rule, whose train_step trains stage 1's units and sends their
+    output up the line."""
 
     def __init__(self, algo: Algorithm, layout: Layout, step_delay: float = 0.0) -> None:
-        self.algo, self.layout = algo, layout
+        super().__init__(algo, layout)
         self.own = Stage(algo, layout, 0, step_delay)  # not .stage: that is the rule's
-        self.lr_fraction = 0.0
         self.dirty = False  # stages above hold steps stage 1 has not collected
         # The other stages get stage 1's whole state before the next batch: at the start (after the rule's
         # prepare), and after every load (resume, the best state restored).
         self.broadcast_due = True
         self.reports: list[dict[str, Any]] = []  # each stage's last handover (without its tensors)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.algo, name)
-
-    def set_progress(self, fraction: float) -> None:
-        self.lr_fraction = fraction
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         if self.broadcast_due:
@@ -126,7 +120,7 @@ class PipelineHead:
         self.dirty = True
         return self.own.step(self.algo.pipeline_input(x, y), y, self.lr_fraction)
 
-    def sync(self) -> None:
+    def settle(self) -> None:
         """Collect every stage's units: afterwards stage 1's copy of the rule is the whole trained rule."""
         if not self.dirty:
             return
@@ -149,25 +143,13 @@ class PipelineHead:
 
     def epoch_stats(self) -> dict[str, float]:
         """The later stages' unit losses, and the rule's headline loss over all units."""
-        self.sync()
+        self.settle()
         means = {k: v for r in self.reports for k, v in r["means"].items()}
         later = {k: v for r in self.reports[1:] for k, v in r["means"].items()}
         return {**later, "loss": float(self.algo.step_loss(means))} if means else {}
 
-    def begin_evaluation(self) -> None:
-        self.sync()
-        self.algo.begin_evaluation()
-
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        self.sync()
-        return self.algo.predict(x)
-
-    def state_dict(self) -> dict[str, Any]:
-        self.sync()
-        return self.algo.state_dict()
-
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.sync()
+        self.settle()
         self.algo.load_state_dict(state)
         self.broadcast_due = True
 

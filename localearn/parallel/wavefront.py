@@ -31,30 +31,23 @@ from ..algorithms.base import Algorithm
 from ..callbacks import Callback
 from ..trainer import Result, Trainer
 from .layout import Layout
+from .standin import RuleStandIn
 
 Batch = tuple[torch.Tensor, torch.Tensor, float]  # a stage's input, the labels, the learning-rate fraction
 
 
-class Wavefront:
-    """What the Trainer trains: the rule (every attribute not overridden here is the rule's), whose
-    train_step runs one tick of the wavefront."""
+class Wavefront(RuleStandIn):
+    """What the Trainer trains: the rule, whose train_step runs one tick of the wavefront."""
 
     def __init__(self, algo: Algorithm, layout: Layout) -> None:
-        self.algo, self.layout = algo, layout
+        super().__init__(algo, layout)
         self.waiting: list[Batch | None] = [None] * layout.world_size  # each stage's input for the next tick
         cuda = algo.device.type == "cuda"
         self.streams = [torch.cuda.Stream(algo.device) for _ in layout.stages] if cuda else []
-        self.lr_fraction = 0.0
         self.sums: dict[str, torch.Tensor] = {}  # every unit's losses over this epoch's steps
         self.counts: dict[str, int] = {}
         self.steps = [0] * layout.world_size  # this epoch's steps, per stage
         self.last_steps: list[int] = []  # the last epoch's, for result.json
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.algo, name)
-
-    def set_progress(self, fraction: float) -> None:
-        self.lr_fraction = fraction
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> dict[str, torch.Tensor]:
         """Stage 1's statistics on this batch; the later stages' are on batches before it (epoch_stats)."""
@@ -93,31 +86,19 @@ class Wavefront:
             t.record_stream(self.streams[rank])
         return torch.cuda.stream(self.streams[rank])
 
-    def drain(self) -> None:
-        """Ticks with no new batch until every batch taken has reached the last stage."""
+    def settle(self) -> None:
+        """Drain the pipe: ticks with no new batch until every batch taken has reached the last stage."""
         while any(batch is not None for batch in self.waiting):
             self._tick()
 
     def epoch_stats(self) -> dict[str, float]:
         """Every unit's loss over the epoch (stage 1's as the Trainer's own means of train_step's), and the
         rule's headline loss over all units."""
-        self.drain()
+        self.settle()
         means = {k: float(v) / self.counts[k] for k, v in self.sums.items()}
         self.sums, self.counts = {}, {}
         self.last_steps, self.steps = self.steps, [0] * self.layout.world_size
         return {**means, "loss": float(self.algo.step_loss(means))} if means else {}
-
-    def begin_evaluation(self) -> None:
-        self.drain()
-        self.algo.begin_evaluation()
-
-    def predict(self, x: torch.Tensor) -> torch.Tensor:
-        self.drain()
-        return self.algo.predict(x)
-
-    def state_dict(self) -> dict[str, Any]:
-        self.drain()
-        return self.algo.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.waiting = [None] * self.layout.world_size  # batches of a run being replaced
