@@ -233,6 +233,50 @@ def test_rules_with_a_top_down_signal_are_refused_with_the_reason(algo, hp, reas
         assert build(name, **ok).parallel_refusal() is None
 
 
+def handover_sample():
+    """A stage's report with tensors of every kind a state holds: sizes that break 16-byte alignment, a
+    0-dim step, a transposed (non-contiguous) weight, bool and integer tensors, next to plain values."""
+    g = torch.Generator().manual_seed(0)
+    weight = torch.randn(5, 3, generator=g).t()
+    return {
+        "stage": 2,
+        "units": {1: {"weight": weight, "bias": torch.randn(3, generator=g, dtype=torch.float64)}},
+        "optimizers": [{0: {"step": torch.tensor(7.0), "exp_avg": torch.randn(1, 1, 1, generator=g)}}],
+        "masks": (torch.tensor([True, False, True]), torch.arange(5), torch.empty(0, 4)),
+        "peak_memory": (123, "rss"),
+    }
+
+
+def handover_roundtrip(rank, port, out):
+    from localearn.parallel.link import recv_handover, send_handover
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        if rank == 1:
+            send_handover(handover_sample(), torch.device("cpu"))
+        else:
+            torch.save(recv_handover(1, torch.device("cpu")), out)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_a_stage_state_reaches_stage_1_as_it_was_sent(tmp_path):
+    torch.multiprocessing.spawn(
+        handover_roundtrip, args=(parallel._free_port(), tmp_path / "got.pt"), nprocs=2
+    )
+    got, sent = torch.load(tmp_path / "got.pt"), handover_sample()
+    assert {k: v for k, v in got.items() if k not in ("units", "optimizers", "masks")} == {
+        "stage": 2,
+        "peak_memory": (123, "rss"),
+    }
+    assert type(got["masks"]) is tuple
+    expected, arrived = tensors(sent), tensors(got)
+    assert arrived.keys() == expected.keys()
+    for path, tensor in expected.items():
+        assert arrived[path].dtype == tensor.dtype and torch.equal(arrived[path], tensor), path
+
+
 def test_more_stages_than_units_is_refused():
     with pytest.raises(ValueError, match="needs 2 to 3 stages"):
         parallel.plan(build("mono_forward", hidden=(8, 8, 8)), 4)

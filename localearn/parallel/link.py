@@ -1,12 +1,16 @@
 """Messages between consecutive stages over torch.distributed point-to-point sends: one message per batch,
-its receive posted before it is sent, backpressure, and a timeout on every wait."""
+its receive posted before it is sent, backpressure, and a timeout on every wait; and a stage's state handed
+to stage 1 at the epoch's end, its tensors' bytes in one buffer."""
 
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import math
+import pickle
 import time
 from collections import deque
+from typing import Any
 
 import torch
 import torch.distributed as dist
@@ -14,6 +18,7 @@ import torch.distributed as dist
 from .layout import ParallelError, timeout_seconds
 
 BATCH, SYNC, LOAD, STOP, RESIZE = 1, 2, 3, 4, 5
+STATE_TAG = 1  # a handover's messages (the batches' are tag 0)
 HEADER = 12  # kind, lr fraction, dtype, ndim, up to 6 sizes, labels
 DTYPES = (torch.float32, torch.float16, torch.bfloat16, torch.float64)
 
@@ -48,7 +53,7 @@ class Link:
         if size > self.capacity_out:  # tell the next stage first, in a message of the size it expects
             self.send(RESIZE, lr=size)  # (the new size where a batch has its learning-rate fraction)
             self.capacity_out = size
-        message = torch.zeros(self.capacity_out, dtype=torch.uint8, device=self.wire)
+        message = torch.empty(self.capacity_out, dtype=torch.uint8, device=self.wire)  # padding unread
         torch.cat([p.to(self.wire) for p in payload], out=message[:size])
         self.open_sends.append(dist.isend(message, self.rank + 1))
         start = time.perf_counter()
@@ -101,3 +106,78 @@ class Link:
         seconds = timeout_seconds()
         if not work.wait(datetime.timedelta(seconds=seconds)):
             raise ParallelError(f"waited {seconds:.0f} s for {what} ($LOCALEARN_PARALLEL_TIMEOUT)")
+
+
+# -- the epoch's handover: a stage's state, to stage 1 -----------------------------------------------------
+# torch.distributed.gather_object pickles every tensor (50 ms for Mono-Forward's 12 MB unit with its Adam
+# state on the 2-core CPU) and pads every rank's bytes to the largest; a buffer of the tensors' bytes sent as
+# it is takes about 10 ms. Only the tensors' dtypes and shapes and the rest of the report are pickled.
+@dataclasses.dataclass(frozen=True)
+class _Slot:
+    index: int  # where a tensor was in a handover
+
+
+def _strip(obj: Any, tensors: list[torch.Tensor]) -> Any:
+    if isinstance(obj, torch.Tensor):
+        tensors.append(obj)
+        return _Slot(len(tensors) - 1)
+    if isinstance(obj, dict):
+        return {k: _strip(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_strip(v, tensors) for v in obj)
+    return obj
+
+
+def _fill(obj: Any, tensors: list[torch.Tensor]) -> Any:
+    if isinstance(obj, _Slot):
+        return tensors[obj.index]
+    if isinstance(obj, dict):
+        return {k: _fill(v, tensors) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return type(obj)(_fill(v, tensors) for v in obj)
+    return obj
+
+
+def _extents(layout: list[tuple[torch.dtype, torch.Size]]) -> list[tuple[int, int]]:
+    """Each tensor's bytes in the buffer, every start a multiple of 16 (so that each can be viewed as its
+    dtype)."""
+    extents, offset = [], 0
+    for dtype, shape in layout:
+        size = math.prod(shape) * dtype.itemsize
+        extents.append((offset, size))
+        offset += -(-size // 16) * 16
+    return extents
+
+
+def send_handover(report: Any, wire: torch.device) -> None:
+    """Send a stage's report (tensors anywhere in dicts, lists and tuples) to stage 1 (rank 0)."""
+    tensors: list[torch.Tensor] = []
+    skeleton = _strip(report, tensors)
+    layout = [(t.dtype, t.shape) for t in tensors]
+    meta = torch.frombuffer(bytearray(pickle.dumps((skeleton, layout))), dtype=torch.uint8)
+    extents = _extents(layout)
+    buffer = torch.empty(extents[-1][0] + extents[-1][1] if extents else 0, dtype=torch.uint8, device=wire)
+    for t, (start, size) in zip(tensors, extents, strict=True):
+        buffer[start : start + size] = t.detach().reshape(-1).view(torch.uint8)
+    sizes = torch.tensor([len(meta), len(buffer)], dtype=torch.int64)
+    for part in (sizes, meta, buffer):
+        Link._wait(dist.isend(part.to(wire), 0, tag=STATE_TAG), "stage 1 to take a stage's state")
+
+
+def recv_handover(source: int, wire: torch.device) -> Any:
+    """Stage source + 1's report, sent by send_handover, its tensors on the wire's device. Each is a copy
+    of its bytes, not a view of the buffer: views of one storage as several dtypes cannot be saved, and
+    the rule keeps some of them (as its optimizers' state) until the next checkpoint."""
+    what = f"stage {source + 1} to send its state"
+    sizes = torch.empty(2, dtype=torch.int64, device=wire)
+    Link._wait(dist.irecv(sizes, source, tag=STATE_TAG), what)
+    meta = torch.empty(int(sizes[0]), dtype=torch.uint8, device=wire)
+    buffer = torch.empty(int(sizes[1]), dtype=torch.uint8, device=wire)
+    Link._wait(dist.irecv(meta, source, tag=STATE_TAG), what)
+    Link._wait(dist.irecv(buffer, source, tag=STATE_TAG), what)
+    skeleton, layout = pickle.loads(meta.cpu().numpy().tobytes())
+    tensors = [
+        buffer[start : start + size].view(dtype).view(shape).clone()
+        for (dtype, shape), (start, size) in zip(layout, _extents(layout), strict=True)
+    ]
+    return _fill(skeleton, tensors)

@@ -14,7 +14,7 @@ from ..callbacks import Callback
 from ..energy.memory import lifetime_peak
 from ..trainer import Result, Trainer, on_cpu
 from .layout import Layout
-from .link import BATCH, LOAD, STOP, SYNC, Link
+from .link import BATCH, LOAD, STOP, SYNC, Link, recv_handover, send_handover
 from .standin import RuleStandIn
 
 
@@ -88,7 +88,7 @@ def serve(stage: Stage) -> None:
             stage.link.send(kind)
             stage.link.flush()
         if kind == SYNC:
-            dist.gather_object(stage.handover(), None, dst=0)
+            send_handover(stage.handover(), stage.link.wire)
         elif kind == LOAD:
             box: list[Any] = [None]
             dist.broadcast_object_list(box, src=0)
@@ -127,9 +127,8 @@ class PipelineHead(RuleStandIn):
         self.own.link.send(SYNC)
         self.own.link.flush()
         own = self.own.handover(with_state=False)
-        handovers: list[Any] = [None] * self.layout.world_size
-        dist.gather_object({}, handovers, dst=0)
-        handovers[0] = own
+        wire = self.own.link.wire
+        handovers = [own, *(recv_handover(rank, wire) for rank in range(1, self.layout.world_size))]
         units = self.algo.pipeline_units()
         for report in handovers[1:]:
             for i, state in report["units"].items():
