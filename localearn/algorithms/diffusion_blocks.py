@@ -89,7 +89,9 @@ class DiffusionBlocksConfig(OptimizerConfig):
     gamma: float = 0.05  # each block's range widened by this share of its log-range on each side
     partition: str = "equiprobable"  # equiprobable | uniform (equal steps in ln sigma; the ablation)
     order: str = "random"  # random: a block drawn per batch (the paper) | cyclic: pass b trains block b
-    inference_steps: int = 0  # points of the inference grid (0: B, as the code; 2 where B = 1)
+    # Points of the inference grid (0: B, as the code; 2 where B = 1). A fine grid follows the probability
+    # flow to a label drawn from the model's belief; 2 points jump to its mean and keep the likeliest label.
+    inference_steps: int = 0
     init_noise: str = "code"  # code: sqrt(1 + sigma_max^2) | paper: sigma_max
 
     def __post_init__(self) -> None:
