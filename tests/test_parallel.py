@@ -277,6 +277,45 @@ def test_a_stage_state_reaches_stage_1_as_it_was_sent(tmp_path):
         assert arrived[path].dtype == tensor.dtype and torch.equal(arrived[path], tensor), path
 
 
+def link_batches():
+    """What a link carries: batches that grow (a larger message), shrink, and have odd sizes and dtypes."""
+    g = torch.Generator().manual_seed(1)
+    sizes = [(4, 3, torch.float32), (9, 5, torch.float32), (3, 7, torch.float16), (9, 5, torch.float64)]
+    return [
+        (torch.randn(n, w, generator=g).to(dtype), torch.randint(10, (n,), generator=g))
+        for n, w, dtype in sizes * 3
+    ]
+
+
+def link_roundtrip(rank, port, out):
+    from localearn.parallel.link import BATCH, STOP, Link
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
+    try:
+        link = Link(rank, torch.device("cpu"), 1)
+        if rank == 0:
+            for a, y in link_batches():
+                link.send(BATCH, a, y, 0.25)
+            link.send(STOP)
+            link.flush()
+        else:
+            got = []
+            while (message := link.recv())[0] != STOP:
+                got.append([t.clone() for t in message[1:3]] + [message[3]])
+            torch.save(got, out)
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_a_link_carries_every_batch_as_it_was_sent(tmp_path):
+    torch.multiprocessing.spawn(link_roundtrip, args=(parallel._free_port(), tmp_path / "got.pt"), nprocs=2)
+    got, batches = torch.load(tmp_path / "got.pt"), link_batches()
+    assert len(got) == len(batches)
+    for (a, y, lr), (sent_a, sent_y) in zip(got, batches, strict=True):
+        assert a.dtype == sent_a.dtype and torch.equal(a, sent_a) and torch.equal(y, sent_y) and lr == 0.25
+
+
 def test_more_stages_than_units_is_refused():
     with pytest.raises(ValueError, match="needs 2 to 3 stages"):
         parallel.plan(build("mono_forward", hidden=(8, 8, 8)), 4)

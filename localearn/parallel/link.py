@@ -40,15 +40,19 @@ class Link:
         self, kind: int, a: torch.Tensor | None = None, y: torch.Tensor | None = None, lr: float = 0.0
     ) -> None:
         """One message: a header (kind, learning-rate fraction, the activation's dtype and shape, the batch
-        size), then for a batch the activation's and the labels' bytes, padded to the link's capacity, so
+        size), then for a batch the labels' and the activation's bytes, padded to the link's capacity, so
         that the next stage can post its receive before the message exists (see recv)."""
-        header = torch.zeros(HEADER, dtype=torch.float64)
-        header[0], header[1] = kind, lr
-        payload = [header.view(torch.uint8)]
+        fields = [float(kind), lr] + [0.0] * (HEADER - 2)  # filled in Python: one tensor op, not ten
         if a is not None and y is not None:
-            header[2], header[3], header[10] = DTYPES.index(a.dtype), a.dim(), len(y)
-            header[4 : 4 + a.dim()] = torch.tensor(a.shape, dtype=torch.float64)
-            payload += [a.detach().contiguous().view(-1).view(torch.uint8).to(self.wire), y.view(torch.uint8)]
+            fields[2], fields[3], fields[10] = DTYPES.index(a.dtype), a.dim(), len(y)
+            fields[4 : 4 + a.dim()] = a.shape
+        payload = [torch.tensor(fields, dtype=torch.float64).view(torch.uint8)]
+        if a is not None and y is not None:
+            # The labels first: they start 8-aligned whatever the activation's dtype and size.
+            payload += [
+                y.view(torch.uint8).to(self.wire),
+                a.detach().contiguous().view(-1).view(torch.uint8).to(self.wire),
+            ]
         size = sum(len(p) for p in payload)
         if size > self.capacity_out:  # tell the next stage first, in a message of the size it expects
             self.send(RESIZE, lr=size)  # (the new size where a batch has its learning-rate fraction)
@@ -77,8 +81,8 @@ class Link:
                 source = work._source_rank() if self.wire.type == "cpu" else self.rank - 1
                 self.sources.add(source)
                 assert source == self.rank - 1, f"stage {self.rank + 1} got a message from stage {source + 1}"
-                header = message[: HEADER * 8].cpu().view(torch.float64)
-                kind, lr = int(header[0]), float(header[1])
+                header = message[: HEADER * 8].cpu().view(torch.float64).tolist()
+                kind, lr = int(header[0]), header[1]
                 if kind == RESIZE:
                     self.capacity_in = int(lr)
                 if kind != STOP:
@@ -89,11 +93,12 @@ class Link:
             self.waiting += time.perf_counter() - start
         if kind != BATCH:
             return kind, None, None, lr
-        shape = [int(s) for s in header[4 : 4 + int(header[3])]]
-        dtype, labels = DTYPES[int(header[2])], int(header[10])
-        start, end = HEADER * 8, HEADER * 8 + math.prod(shape) * dtype.itemsize
-        a = message[start:end].view(dtype).view(shape)
-        return kind, a, message[end : end + labels * 8].view(torch.long), lr
+        shape = [int(size) for size in header[4 : 4 + int(header[3])]]
+        dtype, labels = DTYPES[int(header[2])], int(header[10]) * 8
+        size = math.prod(shape) * dtype.itemsize
+        payload = message[HEADER * 8 :]
+        y, a = payload[:labels].view(torch.long), payload[labels : labels + size].view(dtype)
+        return kind, a.view(shape), y, lr
 
     def _post(self) -> tuple[torch.Tensor, dist.Work]:
         message = torch.empty(self.capacity_in, dtype=torch.uint8, device=self.wire)
