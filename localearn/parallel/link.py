@@ -114,9 +114,9 @@ class Link:
 
 
 # -- the epoch's handover: a stage's state, to stage 1 -----------------------------------------------------
-# torch.distributed.gather_object pickles every tensor (50 ms for Mono-Forward's 12 MB unit with its Adam
-# state on the 2-core CPU) and pads every rank's bytes to the largest; a buffer of the tensors' bytes sent as
-# it is takes about 10 ms. Only the tensors' dtypes and shapes and the rest of the report are pickled.
+# torch.distributed.gather_object pickles every tensor and pads every rank's bytes to the largest: 81 ms for
+# Mono-Forward's unit 2 with its Adam state (12 MB) on the 2-core CPU, against 20 ms for its tensors' bytes in
+# one buffer (benchmarks/link_costs.py). Only the dtypes and shapes and the rest of the report are pickled.
 @dataclasses.dataclass(frozen=True)
 class _Slot:
     index: int  # where a tensor was in a handover
