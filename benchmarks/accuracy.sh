@@ -171,8 +171,12 @@ if [[ $which == db_cifar10_long ]]; then
   # db_cifar10_cosine's DiffusionBlocks run with three times the cap (DB_CIFAR_EPOCHS epochs of 3 passes, 36
   # by default: 108 passes) and two inference grid points, the grid validation chose on the 36-pass run, so
   # that the best state and the stopping rule are judged on the predictions it will be used for.
-  run cifar10 --algo diffusion_blocks --seed 0 --hp lr_schedule=cosine --hp lr_floor=0.1 --hp inference_steps=2 \
-    --epochs "${DB_CIFAR_EPOCHS:-36}" --patience 5 --name cifar10-diffusion_blocks_cosine_long-resmlp512x6-s0
+  # Then backprop on the same backbone with the same passes and patience in passes (a finished run named
+  # here is only read again: run_named resumes it).
+  run_named cifar10-diffusion_blocks_cosine_long-resmlp512x6-s0 cifar10 --algo diffusion_blocks --seed 0 \
+    --hp lr_schedule=cosine --hp lr_floor=0.1 --hp inference_steps=2 --epochs "${DB_CIFAR_EPOCHS:-36}" --patience 5
+  run_named cifar10-backprop_cosine_long-resmlp512x6-s0 cifar10 --algo backprop --model resmlp --seed 0 \
+    --hp lr_schedule=cosine --hp lr_floor=0.1 --epochs $((3 * ${DB_CIFAR_EPOCHS:-36})) --patience 15
 fi
 if [[ $which == db_cifar10 || $which == all ]]; then
   # CIFAR-10, residual MLP 512 wide, crop+flip (the dataset preset), the same pairing of budgets.
