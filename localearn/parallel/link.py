@@ -4,8 +4,8 @@ to stage 1 at the epoch's end, its tensors' bytes in one buffer."""
 
 from __future__ import annotations
 
-import dataclasses
 import datetime
+import io
 import math
 import pickle
 import time
@@ -43,16 +43,13 @@ class Link:
         size), then for a batch the labels' and the activation's bytes, padded to the link's capacity, so
         that the next stage can post its receive before the message exists (see recv)."""
         fields = [float(kind), lr] + [0.0] * (HEADER - 2)  # filled in Python: one tensor op, not ten
+        batch: list[torch.Tensor] = []
         if a is not None and y is not None:
             fields[2], fields[3], fields[10] = DTYPES.index(a.dtype), a.dim(), len(y)
             fields[4 : 4 + a.dim()] = a.shape
-        payload = [torch.tensor(fields, dtype=torch.float64).view(torch.uint8)]
-        if a is not None and y is not None:
             # The labels first: they start 8-aligned whatever the activation's dtype and size.
-            payload += [
-                y.view(torch.uint8).to(self.wire),
-                a.detach().contiguous().view(-1).view(torch.uint8).to(self.wire),
-            ]
+            batch = [y.view(torch.uint8), a.detach().contiguous().view(-1).view(torch.uint8)]
+        payload = [torch.tensor(fields, dtype=torch.float64).view(torch.uint8), *batch]
         size = sum(len(p) for p in payload)
         if size > self.capacity_out:  # tell the next stage first, in a message of the size it expects
             self.send(RESIZE, lr=size)  # (the new size where a batch has its learning-rate fraction)
@@ -116,31 +113,31 @@ class Link:
 # -- the epoch's handover: a stage's state, to stage 1 -----------------------------------------------------
 # torch.distributed.gather_object pickles every tensor and pads every rank's bytes to the largest: 81 ms for
 # Mono-Forward's unit 2 with its Adam state (12 MB) on the 2-core CPU, against 20 ms for its tensors' bytes in
-# one buffer (benchmarks/link_costs.py). Only the dtypes and shapes and the rest of the report are pickled.
-@dataclasses.dataclass(frozen=True)
-class _Slot:
-    index: int  # where a tensor was in a handover
+# one buffer (benchmarks/link_costs.py). Only the dtypes and shapes and the rest of the report are pickled:
+# pickle's persistent ids leave each tensor out, in its place its index in the buffer.
+class _TensorsApart(pickle.Pickler):
+    """Pickles all but the tensors, which it keeps in ``tensors`` and writes as their index."""
+
+    def __init__(self, file: io.BytesIO) -> None:
+        super().__init__(file)
+        self.tensors: list[torch.Tensor] = []
+
+    def persistent_id(self, obj: Any) -> int | None:
+        if not isinstance(obj, torch.Tensor):
+            return None
+        self.tensors.append(obj)
+        return len(self.tensors) - 1
 
 
-def _strip(obj: Any, tensors: list[torch.Tensor]) -> Any:
-    if isinstance(obj, torch.Tensor):
-        tensors.append(obj)
-        return _Slot(len(tensors) - 1)
-    if isinstance(obj, dict):
-        return {k: _strip(v, tensors) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return type(obj)(_strip(v, tensors) for v in obj)
-    return obj
+class _TensorsBack(pickle.Unpickler):
+    """Unpickles what _TensorsApart wrote, each index replaced by its tensor."""
 
+    def __init__(self, data: bytes, tensors: list[torch.Tensor]) -> None:
+        super().__init__(io.BytesIO(data))
+        self.tensors = tensors
 
-def _fill(obj: Any, tensors: list[torch.Tensor]) -> Any:
-    if isinstance(obj, _Slot):
-        return tensors[obj.index]
-    if isinstance(obj, dict):
-        return {k: _fill(v, tensors) for k, v in obj.items()}
-    if isinstance(obj, list | tuple):
-        return type(obj)(_fill(v, tensors) for v in obj)
-    return obj
+    def persistent_load(self, index: int) -> torch.Tensor:
+        return self.tensors[index]
 
 
 def _extents(layout: list[tuple[torch.dtype, torch.Size]]) -> list[tuple[int, int]]:
@@ -155,11 +152,13 @@ def _extents(layout: list[tuple[torch.dtype, torch.Size]]) -> list[tuple[int, in
 
 
 def send_handover(report: Any, wire: torch.device) -> None:
-    """Send a stage's report (tensors anywhere in dicts, lists and tuples) to stage 1 (rank 0)."""
-    tensors: list[torch.Tensor] = []
-    skeleton = _strip(report, tensors)
+    """Send a stage's report (any picklable object, tensors anywhere in it) to stage 1 (rank 0)."""
+    skeleton = io.BytesIO()
+    pickler = _TensorsApart(skeleton)
+    pickler.dump(report)
+    tensors = pickler.tensors
     layout = [(t.dtype, t.shape) for t in tensors]
-    meta = torch.frombuffer(bytearray(pickle.dumps((skeleton, layout))), dtype=torch.uint8)
+    meta = torch.frombuffer(bytearray(pickle.dumps((skeleton.getvalue(), layout))), dtype=torch.uint8)
     extents = _extents(layout)
     buffer = torch.empty(extents[-1][0] + extents[-1][1] if extents else 0, dtype=torch.uint8, device=wire)
     for t, (start, size) in zip(tensors, extents, strict=True):
@@ -185,4 +184,4 @@ def recv_handover(source: int, wire: torch.device) -> Any:
         buffer[start : start + size].view(dtype).view(shape).clone()
         for (dtype, shape), (start, size) in zip(layout, _extents(layout), strict=True)
     ]
-    return _fill(skeleton, tensors)
+    return _TensorsBack(skeleton, tensors).load()
