@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 from pathlib import Path
 
 import torch
@@ -34,12 +33,11 @@ def first_step(algo: DiffusionBlocks, split: DataSplit) -> tuple[float, float]:
     """Accuracy of block 1's most likely label at sigma_max, and the mean probability of the true label."""
     algo.train(False)
     algo.begin_evaluation()  # the same starting noise as predict's
-    net, correct, probability = algo.net, 0, 0.0
-    scale = math.sqrt(1 + SIGMA_MAX**2) if algo.config.init_noise == "code" else SIGMA_MAX
+    correct, probability = 0, 0.0
     for x, y in iterate_batches(split, 1024):
-        z = scale * torch.randn((len(x), net.embeddings().shape[1]), generator=algo.eval_generator)
         level = torch.full((len(x),), SIGMA_MAX)
-        p = net.denoise(x, z, level, algo.block_layers[algo.block_of(SIGMA_MAX)]).softmax(1)
+        p = algo.net.denoise(x, algo.starting_noise(x), level, algo.block_layers[algo.block_of(SIGMA_MAX)])
+        p = p.softmax(1)
         correct += int((p.argmax(1) == y).sum())
         probability += float(p.gather(1, y.unsqueeze(1)).sum())
     return correct / len(split), probability / len(split)

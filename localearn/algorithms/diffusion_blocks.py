@@ -216,13 +216,17 @@ class DiffusionBlocks(Algorithm):
         shared_optimizer.step()
         return {"loss": loss.detach(), f"loss_block{block + 1}": loss.detach()}
 
+    def starting_noise(self, x: torch.Tensor) -> torch.Tensor:
+        """The state inference starts from for the batch x, from the evaluation generator."""
+        scale = math.sqrt(1 + SIGMA_MAX**2) if self.config.init_noise == "code" else SIGMA_MAX
+        shape = (len(x), self.net.label_embedding.embedding_dim)
+        return scale * torch.randn(shape, generator=self.eval_generator, device=x.device)
+
     @torch.no_grad()
     def predict(self, x: torch.Tensor) -> torch.Tensor:
         net, grid = self.net, self.inference_grid
         embeddings = net.embeddings()
-        scale = math.sqrt(1 + SIGMA_MAX**2) if self.config.init_noise == "code" else SIGMA_MAX
-        shape = (len(x), embeddings.shape[1])
-        z = scale * torch.randn(shape, generator=self.eval_generator, device=x.device)
+        z = self.starting_noise(x)
         for sigma, sigma_next in zip(grid[:-1], grid[1:], strict=True):
             level = torch.full((len(x),), sigma, device=x.device)
             logits = net.denoise(x, z, level, self.block_layers[self.block_of(sigma)])
