@@ -247,25 +247,32 @@ def handover_sample():
     }
 
 
-def handover_roundtrip(rank, port, out):
-    from localearn.parallel.link import recv_handover, send_handover
-
+def gloo_pair(rank, port, body, out):
+    """Process ``rank`` of two in a gloo group: ``body(rank, out)``; the receiving side saves to ``out``."""
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
     try:
-        if rank == 1:
-            send_handover(handover_sample(), torch.device("cpu"))
-        else:
-            torch.save(recv_handover(1, torch.device("cpu")), out)
+        body(rank, out)
     finally:
         torch.distributed.destroy_process_group()
 
 
+def in_gloo_pair(body, out):
+    torch.multiprocessing.spawn(gloo_pair, args=(parallel._free_port(), body, out), nprocs=2)
+    return torch.load(out)
+
+
+def handover_roundtrip(rank, out):
+    from localearn.parallel.link import recv_handover, send_handover
+
+    if rank == 1:
+        send_handover(handover_sample(), torch.device("cpu"))
+    else:
+        torch.save(recv_handover(1, torch.device("cpu")), out)
+
+
 def test_a_stage_state_reaches_stage_1_as_it_was_sent(tmp_path):
-    torch.multiprocessing.spawn(
-        handover_roundtrip, args=(parallel._free_port(), tmp_path / "got.pt"), nprocs=2
-    )
-    got, sent = torch.load(tmp_path / "got.pt"), handover_sample()
+    got, sent = in_gloo_pair(handover_roundtrip, tmp_path / "got.pt"), handover_sample()
     assert {k: v for k, v in got.items() if k not in ("units", "optimizers", "masks")} == {
         "stage": 2,
         "peak_memory": (123, "rss"),
@@ -287,30 +294,24 @@ def link_batches():
     ]
 
 
-def link_roundtrip(rank, port, out):
+def link_roundtrip(rank, out):
     from localearn.parallel.link import BATCH, STOP, Link
 
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=2)
-    try:
-        link = Link(rank, torch.device("cpu"), 1)
-        if rank == 0:
-            for a, y in link_batches():
-                link.send(BATCH, a, y, 0.25)
-            link.send(STOP)
-            link.flush()
-        else:
-            got = []
-            while (message := link.recv())[0] != STOP:
-                got.append([t.clone() for t in message[1:3]] + [message[3]])
-            torch.save(got, out)
-    finally:
-        torch.distributed.destroy_process_group()
+    link = Link(rank, torch.device("cpu"), 1)
+    if rank == 0:
+        for a, y in link_batches():
+            link.send(BATCH, a, y, 0.25)
+        link.send(STOP)
+        link.flush()
+    else:
+        got = []
+        while (message := link.recv())[0] != STOP:
+            got.append([t.clone() for t in message[1:3]] + [message[3]])
+        torch.save(got, out)
 
 
 def test_a_link_carries_every_batch_as_it_was_sent(tmp_path):
-    torch.multiprocessing.spawn(link_roundtrip, args=(parallel._free_port(), tmp_path / "got.pt"), nprocs=2)
-    got, batches = torch.load(tmp_path / "got.pt"), link_batches()
+    got, batches = in_gloo_pair(link_roundtrip, tmp_path / "got.pt"), link_batches()
     assert len(got) == len(batches)
     for (a, y, lr), (sent_a, sent_y) in zip(got, batches, strict=True):
         assert a.dtype == sent_a.dtype and torch.equal(a, sent_a) and torch.equal(y, sent_y) and lr == 0.25
