@@ -3,8 +3,8 @@
 # several ways on one machine, by default three: one process with one thread (one-thread), one process
 # with two threads (two-threads), and two stage processes (--parallel units --world-size 2) with one
 # thread each (two-stages, at most 2 batches in flight between them, the default); two-stages-ifN is the
-# same with --in-flight N, and wavefront is --parallel wavefront (one process, a CUDA stream per stage). REPEATS times, the runs interleaved, so that a slow spell of a shared machine falls on all of
-# them. The first of RUNS is the baseline of the speed-ups. Prints each run's result line, then per
+# same with --in-flight N, and wavefront is --parallel wavefront (one process, a CUDA stream per stage).
+# REPEATS times, the runs interleaved, so that a slow spell of a shared machine falls on all of them. The first of RUNS is the baseline of the speed-ups. Prints each run's result line, then per
 # run: training samples per second (the epochs' seconds, which hold per-epoch validation as every run's
 # do) over all epochs, in the median epoch after the first (the first holds the stages' start: the state's
 # broadcast, first allocations), and in training alone (the epochs' seconds less their validation, which
